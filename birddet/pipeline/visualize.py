@@ -1,0 +1,126 @@
+"""Annotated images: boxes and labels drawn with PIL only, so the pipeline needs no plotting stack.
+
+Labels say what a person reviewing camera-trap images needs: the most specific name the classifier is
+confident about (common name when known, else scientific name, else a higher taxon from the roll-up, else
+the detector category) and its score. Line width and font size scale with the image so labels stay
+readable on both thumbnails and 24-megapixel frames; labels are kept inside the image.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from birddet.pipeline.taxonomy import Taxonomy
+from birddet.pipeline.writers import Detection, atomic_path
+
+# Tableau-like palette: distinct hues that stay visible on foliage, sky and snow.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
+
+
+def label_for(detection: Detection, taxonomy: Taxonomy | None, use_common_names: bool = True) -> tuple[str, int]:
+    """The label text of a detection and a stable colour key (same species -> same colour across images).
+
+    A roll-up above species wins over the top-1 species because it is the honest answer when the species is
+    uncertain; the rank is shown so "Spinus (genus)" is not mistaken for a species.
+    """
+    rollup = detection.rollup
+    if rollup is not None and rollup.rank != "species":
+        return f"{rollup.name} ({rollup.rank}) {rollup.score:.2f}", zlib.crc32(rollup.name.encode())
+    if detection.classifications:
+        top = max(detection.classifications, key=lambda c: c.score)
+        if taxonomy is not None:
+            name = taxonomy.taxon(top.class_index).label(use_common_names)
+        else:
+            name = f"class {top.class_index}"
+        return f"{name} {top.score:.2f}", top.class_index
+    return f"{detection.category_name} {detection.score:.2f}", detection.category_id
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
+    luminance = 0.299 * bg[0] + 0.587 * bg[1] + 0.114 * bg[2]
+    return (0, 0, 0) if luminance > 150 else (255, 255, 255)
+
+
+def draw_detections(
+    image: Image.Image,
+    detections: Sequence[Detection],
+    taxonomy: Taxonomy | None,
+    *,
+    use_common_names: bool = True,
+) -> Image.Image:
+    """Return an RGB copy of ``image`` with each detection's box and label drawn; ``image`` is untouched.
+
+    Boxes are in the displayed image's pixels (``Detection.box_xyxy``), so ``image`` must already have its
+    EXIF orientation applied. Labels sit above the box, or inside its top edge when there is no room, and are
+    shifted left/down as needed to stay inside the image.
+    """
+    out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    width, height = out.size
+    short = min(width, height)
+    line = max(2, round(short / 300))
+    font = _font(max(12, short // 40))
+    pad = max(2, line)
+    draw = ImageDraw.Draw(out)
+    for det in detections:
+        x1, y1, x2, y2 = (float(v) for v in det.box_xyxy)
+        x1, x2 = sorted((min(max(x1, 0.0), width - 1.0), min(max(x2, 0.0), width - 1.0)))
+        y1, y2 = sorted((min(max(y1, 0.0), height - 1.0), min(max(y2, 0.0), height - 1.0)))
+        text, key = label_for(det, taxonomy, use_common_names)
+        colour = PALETTE[key % len(PALETTE)]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        lx = min(max(x1, 0.0), max(width - tw, 0))
+        ly = y1 - th if y1 - th >= 0 else y1  # above the box if it fits, else inside its top edge
+        ly = min(max(ly, 0.0), max(height - th, 0))
+        draw.rectangle((lx, ly, lx + tw, ly + th), fill=colour)
+        draw.text((lx + pad - left, ly + pad - top), text, fill=_text_colour(colour), font=font)
+    return out
+
+
+def save_annotated(
+    image: Image.Image,
+    detections: Sequence[Detection],
+    out_path: str | os.PathLike[str],
+    taxonomy: Taxonomy | None,
+    *,
+    use_common_names: bool = True,
+) -> Path:
+    """Draw detections and save atomically to ``out_path``; the format follows its extension (JPEG q=90)."""
+    target = Path(out_path)
+    fmt = Image.registered_extensions().get(target.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format from {target.name!r}; use .jpg or .png")
+    annotated = draw_detections(image, detections, taxonomy, use_common_names=use_common_names)
+    with atomic_path(target) as tmp:
+        options = {"quality": 90} if fmt == "JPEG" else {}
+        annotated.save(tmp, format=fmt, **options)
+    return target

@@ -1,0 +1,491 @@
+"""Prediction results and the files they are written to: MegaDetector batch JSON, COCO JSON, CSV.
+
+The result model (:class:`ImageResult` > :class:`Detection` > :class:`Classification`) is what the predict
+pipeline fills; it round-trips through ``to_dict``/``from_dict`` so a long run can checkpoint and resume.
+
+Every writer follows a published format exactly (the MegaDetector output format as documented at
+https://lila.science/megadetector-output-format, and the COCO dataset format that pycocotools reads), because
+the point of these files is that existing camera-trap and evaluation tools open them unchanged. Files are
+written atomically (temp file in the same folder + ``os.replace``) so an interrupted run never leaves a
+truncated file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from birddet.errors import InputError
+from birddet.pipeline.taxonomy import Rollup, Taxonomy
+
+MEGADETECTOR_FORMAT_VERSION = "1.4"
+OUTPUT_NAMES: dict[str, str] = {"megadetector": "megadetector.json", "coco": "coco.json", "csv": "predictions.csv"}
+CSV_COLUMNS: tuple[str, ...] = (
+    "file",
+    "x_min",
+    "y_min",
+    "x_max",
+    "y_max",
+    "det_score",
+    "category",
+    "species",
+    "common_name",
+    "species_score",
+    "rollup_taxon",
+    "rollup_rank",
+    "rollup_score",
+    "failure",
+)
+
+
+# -- result model ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Classification:
+    """One species guess for a crop: classifier class index and its probability."""
+
+    class_index: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"class_index": self.class_index, "score": self.score}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Classification:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(data["class_index"]), float(data["score"]))
+
+
+@dataclass
+class Detection:
+    """One detected object.
+
+    ``box_xyxy`` is in absolute pixels of the image as displayed (after EXIF orientation), which is the frame
+    both the normalised MegaDetector box and the pixel COCO box are derived from. ``classifications`` is the
+    classifier's top-k, highest first; ``rollup`` the deepest confident taxon (None without a classifier).
+    """
+
+    box_xyxy: tuple[float, float, float, float]
+    score: float
+    category_id: int
+    category_name: str
+    classifications: list[Classification] = field(default_factory=list)
+    rollup: Rollup | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "box_xyxy": [float(v) for v in self.box_xyxy],
+            "score": float(self.score),
+            "category_id": int(self.category_id),
+            "category_name": self.category_name,
+            "classifications": [c.to_dict() for c in self.classifications],
+            "rollup": None if self.rollup is None else self.rollup.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Detection:
+        """Inverse of :meth:`to_dict`."""
+        x1, y1, x2, y2 = (float(v) for v in data["box_xyxy"])
+        rollup = data.get("rollup")
+        return cls(
+            box_xyxy=(x1, y1, x2, y2),
+            score=float(data["score"]),
+            category_id=int(data["category_id"]),
+            category_name=str(data["category_name"]),
+            classifications=[Classification.from_dict(c) for c in data.get("classifications") or []],
+            rollup=None if rollup is None else Rollup.from_dict(rollup),
+        )
+
+
+@dataclass
+class ImageResult:
+    """Everything predicted for one image, or why it failed.
+
+    ``file`` is the path relative to its source root with ``/`` separators (what output files show);
+    ``path`` the absolute path (what the annotated-image writer and resume logic use). ``width``/``height``
+    are the displayed size and may be None only for failures.
+    """
+
+    file: str
+    path: str
+    width: int | None
+    height: int | None
+    detections: list[Detection] = field(default_factory=list)
+    failure: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "file": self.file,
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "detections": [d.to_dict() for d in self.detections],
+            "failure": self.failure,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageResult:
+        """Inverse of :meth:`to_dict`; a damaged checkpoint entry raises InputError naming the image."""
+        try:
+            return cls(
+                file=str(data["file"]),
+                path=str(data["path"]),
+                width=None if data.get("width") is None else int(data["width"]),
+                height=None if data.get("height") is None else int(data["height"]),
+                detections=[Detection.from_dict(d) for d in data.get("detections") or []],
+                failure=None if data.get("failure") is None else str(data["failure"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            where = data.get("file", "?") if isinstance(data, Mapping) else "?"
+            raise InputError(
+                f"checkpoint entry for image {where!r} is damaged ({type(exc).__name__}: {exc}); "
+                "delete the checkpoint to start the run again"
+            ) from None
+
+
+# -- atomic writes -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success it replaces ``path`` in one ``os.replace``.
+
+    Same folder so the rename never crosses file systems; same suffix so tools that pick a format from the
+    extension (PIL) still work. On error the temp file is removed and the old target is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
+
+
+def _now() -> str:
+    # MegaDetector's own writer uses this layout; downstream tools parse it.
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- shared helpers ----------------------------------------------------------------------------------------
+
+
+def _species_fields(det: Detection, taxonomy: Taxonomy | None) -> tuple[int | None, str, str, float | None]:
+    """Top-1 species of a detection as (index, scientific name, common name, score); empties when unclassified."""
+    if not det.classifications:
+        return None, "", "", None
+    top = max(det.classifications, key=lambda c: c.score)
+    if taxonomy is None:
+        return top.class_index, str(top.class_index), "", top.score
+    taxon = taxonomy.taxon(top.class_index)
+    return top.class_index, taxon.scientific_name, taxon.common_name or "", top.score
+
+
+def _clipped_xyxy(det: Detection, width: int | None, height: int | None) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in det.box_xyxy)
+    if width is not None:
+        x1, x2 = min(max(x1, 0.0), float(width)), min(max(x2, 0.0), float(width))
+    if height is not None:
+        y1, y2 = min(max(y1, 0.0), float(height)), min(max(y2, 0.0), float(height))
+    return x1, y1, max(x2, x1), max(y2, y1)
+
+
+def _used_categories(results: Sequence[ImageResult], categories: Mapping[int, str]) -> dict[int, str]:
+    """The given categories plus any used by a detection but missing there (named from the detection).
+
+    Both formats require every referenced category to be declared; taking the name from the detection keeps
+    the file valid instead of failing a long run at the last step.
+    """
+    merged = {int(k): str(v) for k, v in categories.items()}
+    for r in results:
+        for d in r.detections:
+            merged.setdefault(int(d.category_id), d.category_name)
+    return dict(sorted(merged.items()))
+
+
+# -- MegaDetector ------------------------------------------------------------------------------------------
+
+
+def megadetector_dict(
+    results: Sequence[ImageResult],
+    *,
+    detection_categories: Mapping[int, str],
+    taxonomy: Taxonomy | None,
+    detector_name: str,
+    classifier_name: str | None,
+    conf_digits: int = 3,
+    coord_digits: int = 4,
+    detector_metadata: Mapping[str, Any] | None = None,
+    classifier_metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the MegaDetector batch output (format 1.4) as a dict; see :func:`write_megadetector_json`."""
+    info: dict[str, Any] = {
+        "format_version": MEGADETECTOR_FORMAT_VERSION,
+        "detector": detector_name,
+        "detection_completion_time": _now(),
+        "detector_metadata": dict(detector_metadata or {}),
+    }
+    if classifier_name is not None:
+        info["classifier"] = classifier_name
+        info["classification_completion_time"] = _now()
+        info["classifier_metadata"] = dict(classifier_metadata or {})
+
+    used_classes: set[int] = set()
+    images: list[dict[str, Any]] = []
+    for r in results:
+        if r.failure is not None:
+            # The format says: failure is a string and detections is null (not an empty list).
+            images.append({"file": r.file, "failure": r.failure, "detections": None})
+            continue
+        if not r.width or not r.height:
+            raise ValueError(f"image {r.file!r} has no size; MegaDetector boxes are normalised by it")
+        dets: list[dict[str, Any]] = []
+        for d in r.detections:
+            x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
+            bbox = [
+                round(x1 / r.width, coord_digits),
+                round(y1 / r.height, coord_digits),
+                round((x2 - x1) / r.width, coord_digits),
+                round((y2 - y1) / r.height, coord_digits),
+            ]
+            entry: dict[str, Any] = {"category": str(int(d.category_id)), "conf": round(float(d.score), conf_digits)}
+            entry["bbox"] = bbox
+            if d.classifications:
+                ranked = sorted(d.classifications, key=lambda c: c.score, reverse=True)
+                entry["classifications"] = [
+                    [str(int(c.class_index)), round(float(c.score), conf_digits)] for c in ranked
+                ]
+                used_classes.update(int(c.class_index) for c in ranked)
+            dets.append(entry)
+        images.append({"file": r.file, "detections": dets})
+
+    out: dict[str, Any] = {
+        "info": info,
+        "detection_categories": {str(k): v for k, v in _used_categories(results, detection_categories).items()},
+    }
+    if used_classes or classifier_name is not None:
+        # Only classes that occur: the iNat21 classifier has 10,000, which would dwarf the results. Ids are the
+        # classifier's own class indices, so files from different runs still agree on what "3838" means.
+        ordered = sorted(used_classes)
+        if taxonomy is not None:
+            out["classification_categories"] = {str(i): taxonomy.taxon(i).class_name for i in ordered}
+            out["classification_category_descriptions"] = {str(i): taxonomy.description(i) for i in ordered}
+        else:
+            out["classification_categories"] = {str(i): str(i) for i in ordered}
+    out["images"] = images
+    return out
+
+
+def write_megadetector_json(
+    path: str | os.PathLike[str],
+    results: Sequence[ImageResult],
+    *,
+    detection_categories: Mapping[int, str],
+    taxonomy: Taxonomy | None,
+    detector_name: str,
+    classifier_name: str | None,
+    conf_digits: int = 3,
+    coord_digits: int = 4,
+    detector_metadata: Mapping[str, Any] | None = None,
+    classifier_metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a MegaDetector batch output file (format version 1.4), readable by Timelapse, AddaxAI and co.
+
+    Boxes are ``[x_min, y_min, width, height]`` normalised by the displayed image size and clipped to [0, 1];
+    category ids are strings; ``classifications`` are ``[["<class index>", conf], ...]`` highest first and
+    present only on classified detections. ``classification_categories`` (class index -> class name) and
+    ``classification_category_descriptions`` (common name, binomial, lineage) list only classes that occur.
+    Failed images are ``{"file", "failure": reason, "detections": null}`` as the format requires. The
+    taxonomic roll-up has no place in this format and is left out (it is in the COCO and CSV outputs).
+    """
+    data = megadetector_dict(
+        results,
+        detection_categories=detection_categories,
+        taxonomy=taxonomy,
+        detector_name=detector_name,
+        classifier_name=classifier_name,
+        conf_digits=conf_digits,
+        coord_digits=coord_digits,
+        detector_metadata=detector_metadata,
+        classifier_metadata=classifier_metadata,
+    )
+    return _write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+# -- COCO --------------------------------------------------------------------------------------------------
+
+
+def coco_dict(
+    results: Sequence[ImageResult], *, categories: Mapping[int, str], taxonomy: Taxonomy | None
+) -> dict[str, Any]:
+    """Build the COCO dataset dict; see :func:`write_coco_json`."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for r in results:
+        if r.failure is not None:
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": r.file, "width": r.width, "height": r.height})
+        for d in r.detections:
+            x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
+            w, h = x2 - x1, y2 - y1
+            species_index, species_name, common_name, species_score = _species_fields(d, taxonomy)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(d.category_id),
+                    "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2),
+                    "iscrowd": 0,
+                    "score": round(float(d.score), 5),
+                    "species_index": species_index,
+                    "species_name": species_name or None,
+                    "species_score": None if species_score is None else round(float(species_score), 5),
+                    "common_name": common_name or None,
+                    "rollup_name": d.rollup.name if d.rollup else None,
+                    "rollup_rank": d.rollup.rank if d.rollup else None,
+                    "rollup_score": round(float(d.rollup.score), 5) if d.rollup else None,
+                }
+            )
+    cats = [{"id": k, "name": v} for k, v in _used_categories(results, categories).items()]
+    return {
+        "info": {"description": "birddet predictions", "date_created": _now()},
+        "images": images,
+        "categories": cats,
+        "annotations": annotations,
+    }
+
+
+def write_coco_json(
+    path: str | os.PathLike[str],
+    results: Sequence[ImageResult],
+    *,
+    categories: Mapping[int, str],
+    taxonomy: Taxonomy | None,
+) -> Path:
+    """Write predictions as a COCO dataset that pycocotools loads (``COCO(path)``, ``loadRes(annotations)``).
+
+    Image ids are ``1..N`` over successful images in input order (failed images are left out: COCO has no
+    way to say "could not be read"). Annotations carry the standard fields (pixel ``bbox [x, y, w, h]``,
+    ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
+    """
+    data = coco_dict(results, categories=categories, taxonomy=taxonomy)
+    return _write_text_atomic(path, json.dumps(data, ensure_ascii=False) + "\n")
+
+
+# -- CSV ---------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{round(float(value), digits)}"
+
+
+def write_predictions_csv(
+    path: str | os.PathLike[str], results: Sequence[ImageResult], *, taxonomy: Taxonomy | None
+) -> Path:
+    """Write one row per detection, plus one row per failed image (empty box, reason in ``failure``).
+
+    Columns are :data:`CSV_COLUMNS`; boxes are pixel ``x_min, y_min, x_max, y_max``; ``species`` is the
+    scientific name of the top-1 class (its index when there is no taxonomy). Images that were read but had
+    no detection produce no row (the MegaDetector JSON lists them); UTF-8, ``\\r\\n`` line ends (csv module).
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        if r.failure is not None:
+            writer.writerow([r.file, *[""] * (len(CSV_COLUMNS) - 2), r.failure])
+            continue
+        for d in r.detections:
+            x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
+            _, species, common, species_score = _species_fields(d, taxonomy)
+            writer.writerow(
+                [
+                    r.file,
+                    _fmt(x1, 2),
+                    _fmt(y1, 2),
+                    _fmt(x2, 2),
+                    _fmt(y2, 2),
+                    _fmt(d.score, 4),
+                    d.category_name,
+                    species,
+                    common,
+                    _fmt(species_score, 4),
+                    d.rollup.name if d.rollup else "",
+                    d.rollup.rank if d.rollup else "",
+                    _fmt(d.rollup.score if d.rollup else None, 4),
+                    "",
+                ]
+            )
+    return _write_text_atomic(path, buf.getvalue())
+
+
+# -- all formats -------------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    out_dir: str | os.PathLike[str],
+    results: Sequence[ImageResult],
+    formats: Sequence[str],
+    *,
+    detection_categories: Mapping[int, str],
+    taxonomy: Taxonomy | None,
+    detector_name: str,
+    classifier_name: str | None = None,
+    detector_metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write each requested format under ``out_dir`` with its fixed name; return ``{format: path}``.
+
+    Names are fixed (:data:`OUTPUT_NAMES`) so scripts and ``--resume`` find them without configuration.
+    Formats are checked before anything is written, so a typo does not leave a half-written output folder.
+    """
+    unknown = [f for f in formats if f not in OUTPUT_NAMES]
+    if unknown:
+        raise InputError(f"unknown output format(s) {unknown}; choose from {', '.join(OUTPUT_NAMES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for fmt in dict.fromkeys(formats):
+        target = out / OUTPUT_NAMES[fmt]
+        if fmt == "megadetector":
+            write_megadetector_json(
+                target,
+                results,
+                detection_categories=detection_categories,
+                taxonomy=taxonomy,
+                detector_name=detector_name,
+                classifier_name=classifier_name,
+                detector_metadata=detector_metadata,
+            )
+        elif fmt == "coco":
+            write_coco_json(target, results, categories=detection_categories, taxonomy=taxonomy)
+        else:
+            write_predictions_csv(target, results, taxonomy=taxonomy)
+        written[fmt] = target
+    return written
