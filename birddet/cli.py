@@ -1,0 +1,196 @@
+"""`birddet <command>`: train, eval, score, predict, synth.
+
+The CLI only parses arguments and calls library functions; `tools/*.py` are thin wrappers over `main`.
+Exit codes: 0 success, 2 bad input (one line on stderr saying what, where and how to fix), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from birddet import __version__
+from birddet.errors import InputError
+
+logger = logging.getLogger("birddet")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a detector on a COCO dataset", description="Train a detector.")
+    p.add_argument("config", help="YAML config (e.g. configs/quickstart.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
+    p.add_argument("--out", required=True, help="run folder (config.yaml, last.pt, best.pt, metrics, plots)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from birddet.config import load_config
+    from birddet.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, Path(args.out), resume=args.resume)
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="COCO mAP of a detector checkpoint on an annotated split")
+    p.add_argument("checkpoint", help="detector checkpoint (best.pt / last.pt)")
+    p.add_argument("--ann", required=True, help="COCO ground-truth JSON")
+    p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")
+    p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval-<split>)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--conf", type=float, default=0.5, help="score threshold for the confusion matrix")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from birddet.engine.reports import format_table
+    from birddet.engine.runner import evaluate_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.ann).stem}"
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        ann=args.ann,
+        images=args.images,
+        out_dir=out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        amp=args.amp,
+        device=args.device,
+        plots=not args.no_plots,
+        conf_threshold=args.conf,
+    )
+    if result is not None:  # None on non-zero ranks under torchrun
+        print(format_table(result))
+        print(f"results written to {out}")
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="COCO mAP of an existing results file (no model needed)")
+    p.add_argument("--gt", required=True, help="COCO ground-truth JSON")
+    p.add_argument("--results", required=True, help="COCO results list, or a COCO dataset whose annotations have score")
+    p.add_argument("--out", default=None, help="metrics.json path, or a folder")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from birddet.engine.evaluator import score_files
+    from birddet.engine.reports import format_table
+
+    result = score_files(args.gt, args.results, args.out, plots=not args.no_plots)
+    print(format_table(result))
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="detect birds and name their species")
+    p.add_argument("checkpoint", help="detector checkpoint")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive) or .txt lists")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--conf", type=float, default=0.1, help="lowest detection score written")
+    p.add_argument("--classifier", default=None, help="birder classifier file or registered name")
+    p.add_argument("--no-classifier", action="store_true", help="detection only")
+    p.add_argument("--classify-conf", type=float, default=0.1, help="lowest detection score that gets classified")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--taxon", default=None, help="restrict species to a taxon (e.g. Aves), renormalising")
+    p.add_argument("--species-list", default=None, help="text file of allowed species, one per line")
+    p.add_argument("--common-names", default=None, help="JSON {class index: common name}")
+    p.add_argument("--rollup-threshold", type=float, default=0.5)
+    p.add_argument("--format", default="megadetector,coco,csv", help="comma list of megadetector, coco, csv")
+    p.add_argument("--save-images", action="store_true", help="write annotated copies to OUT/images/")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--resume", action="store_true", help="skip images already finished in OUT")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save partial results every N images")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from birddet.pipeline.predict import PredictOptions, run_prediction
+
+    options = PredictOptions(
+        conf=args.conf,
+        classifier=args.classifier,
+        use_classifier=not args.no_classifier,
+        classify_conf=args.classify_conf,
+        top_k=args.top_k,
+        taxon=args.taxon,
+        species_list=args.species_list,
+        common_names=args.common_names,
+        rollup_threshold=args.rollup_threshold,
+        formats=[f.strip() for f in args.format.split(",") if f.strip()],
+        save_images=args.save_images,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )
+    summary = run_prediction(args.checkpoint, args.sources, Path(args.out), options)
+    print(summary)
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate the synthetic COCO dataset (the embedded default)")
+    p.add_argument("out_dir")
+    p.add_argument("--images", type=int, default=200, help="number of images (a fifth go to val)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from birddet.data.synthetic import make_synthetic_coco
+
+    if args.images < 2:
+        raise InputError(f"--images must be at least 2 (one train and one val image), got {args.images}")
+    num_val = max(1, args.images // 5)
+    paths = make_synthetic_coco(args.out_dir, num_train=args.images - num_val, num_val=num_val, seed=args.seed)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="birddet", description="Find birds in images and name their species.")
+    parser.add_argument("--version", action="version", version=f"birddet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_score, _add_predict, _add_synth):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        message = " ".join(str(err).split())
+        print(f"birddet: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("birddet: interrupted; finished work was kept on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Typed configuration: dataclass defaults are the single source of truth; YAML files say only what differs.
+
+`load_config(path, overrides)` reads a YAML file into `Config`, applies `KEY=VALUE` overrides
+(`train.lr=1e-4 data.train.ann=...`), and checks every key and type. An unknown key or a value of the wrong type
+is an `InputError` naming the key and where it came from. The resolved config is saved with every run and inside
+every checkpoint, so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from birddet.errors import InputError
+
+
+@dataclass
+class BackboneConfig:
+    preset: str = "vit_reg4_m16_rms_avg"
+    # A birder weights file or registered name (`vit_reg4_m16_rms_avg_i-jepa-inat21`); null starts from random init.
+    weights: str | None = None
+    # -1: train everything; 0: freeze the patch embedding; k: the patch embedding and the first k blocks.
+    freeze_blocks: int = -1
+    grad_checkpointing: bool = False
+    # Input size the backbone's position embedding was trained at; filled in from the weights file (or
+    # model.image_size for random init) so that a checkpoint rebuilds the same network.
+    pretrain_size: list[int] | None = None
+
+
+@dataclass
+class PyramidConfig:
+    out_channels: int = 256
+    # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 from the stride-16 neck; p6 by max-pool of p5.
+    scale_factors: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
+    top_block: bool = True
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    conv_depth: int = 1
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    score_thresh: float = 0.0
+
+
+@dataclass
+class RoIHeadsConfig:
+    # "2mlp": torchvision's TwoMLPHead; "4conv1fc": four 3x3 convs with norm and one FC, as in ViTDet.
+    box_head: Literal["2mlp", "4conv1fc"] = "2mlp"
+    representation_size: int = 1024
+    conv_dim: int = 256
+    roi_output_size: int = 7
+    sampling_ratio: int = 2
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    # Longest image side the detector sees; min_size/max_size, when set, follow torchvision's rule instead
+    # (shorter side to min_size unless the longer would exceed max_size).
+    image_size: int = 640
+    min_size: int | None = None
+    max_size: int | None = None
+    # Normalisation; null takes the backbone file's rgb_stats (filled in when the model is built).
+    rgb_stats: dict[str, list[float]] | None = None
+
+
+@dataclass
+class SplitConfig:
+    ann: str | None = None
+    images: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded default dataset: generated into `dir` when its files are missing."""
+
+    dir: str | None = None
+    num_train: int = 160
+    num_val: int = 40
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+
+
+@dataclass
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    # Layer-wise LR decay over backbone blocks (ViTDet uses 0.7 for ViT-B); 1.0 disables it.
+    layer_decay: float = 0.7
+    backbone_lr_mult: float = 1.0
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_milestones: list[float] = field(default_factory=lambda: [0.75, 0.9])
+    warmup_iters: int = 250
+    warmup_factor: float = 0.001
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema: bool = False
+    ema_decay: float = 0.9998
+    eval_every: int = 1
+    eval_batch_size: int = 4
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# -- conversion ------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp` (recursing into dataclasses and containers)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, key, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, where)
+            except InputError as err:
+                errors.append(str(err))
+        raise InputError(errors[0] if len(errors) == 1 else f"{where}: '{key}' has an invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{where}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {_coerce(k, args[0], key, where): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise InputError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        full = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise InputError(f"{where}: unknown config key '{full}'; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _coerce(v, hints[k], key, where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Build a `Config` from a plain mapping, checking keys and types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: the top level must be a mapping with model/data/train sections")
+    return _from_dict(Config, data, "", where)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise InputError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `KEY=VALUE` strings to a config mapping; values are parsed as YAML (`1e-4`, `null`, `[1, 2]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"override '{item}' must look like KEY=VALUE (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise InputError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key, value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate everything."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: the top level must be a mapping with model/data/train sections")
+    config_from_dict(data, where)  # report file errors against the file, before overrides mix in
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} with overrides {' '.join(overrides)}"
+    return config_from_dict(data, where)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path

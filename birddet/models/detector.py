@@ -1,0 +1,269 @@
+"""The bird detector: birddet's ViT + simple feature pyramid feeding torchvision's Faster R-CNN.
+
+Everything after the pyramid is torchvision's (`FasterRCNN`, `RPNHead`, `AnchorGenerator`, `MultiScaleRoIAlign`,
+`TwoMLPHead` / `FastRCNNConvFCHead`, `FastRCNNPredictor`); this module only assembles the parts from a
+`ModelConfig` and maps torchvision's contiguous labels (1..K, 0 = background) to the dataset's COCO category ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models.convnext import LayerNorm2d
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.transforms.v2 import functional as TF
+
+from birddet.backbone.presets import get_preset
+from birddet.backbone.vit import ViT
+from birddet.backbone.weights import load_backbone
+from birddet.config import Config
+from birddet.errors import InputError
+from birddet.models.pyramid import SimpleFeaturePyramid
+
+# Used when the backbone starts from random weights and the config names no statistics.
+IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+class ViTDetBackbone(nn.Module):
+    """ViT neck -> simple feature pyramid. Input: normalised, padded images [B, 3, H, W] (H, W multiples of 16).
+    Output: OrderedDict `p2`..`p6` of [B, out_channels, H/stride, W/stride]."""
+
+    def __init__(self, body: ViT, pyramid: SimpleFeaturePyramid) -> None:
+        super().__init__()
+        self.body = body
+        self.pyramid = pyramid
+        self.out_channels = pyramid.out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.pyramid(self.body.detection_features(x)[ViT.feature_name])
+
+
+@dataclass
+class Prediction:
+    """Detections for one image in its original pixel coordinates (as displayed, after EXIF orientation)."""
+
+    boxes: torch.Tensor  # [N, 4] xyxy
+    scores: torch.Tensor  # [N]
+    category_ids: list[int]  # COCO ids of the training dataset
+    names: list[str]
+    image_size: tuple[int, int]  # (width, height)
+
+    def boxes_xywh(self) -> torch.Tensor:
+        """COCO's [x, y, width, height] boxes."""
+        b = self.boxes.clone()
+        b[:, 2:] -= b[:, :2]
+        return b
+
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """COCO results entries `{image_id, category_id, bbox, score}`."""
+        return [
+            {"image_id": image_id, "category_id": c, "bbox": [round(float(v), 3) for v in box], "score": float(s)}
+            for box, s, c in zip(self.boxes_xywh().tolist(), self.scores.tolist(), self.category_ids)
+        ]
+
+
+ImageInput = Image.Image | torch.Tensor | str | os.PathLike
+
+
+class BirdDetector(nn.Module):
+    """A torchvision `FasterRCNN` plus the dataset's categories and the resolved config that built it.
+
+    `forward(images, targets)` is torchvision's contract: a list of float [3, H, W] images in [0, 1] and, in
+    training, targets with `boxes` (xyxy, pixels) and `labels` (1..K); it returns the four losses in training
+    mode and per-image dicts of boxes/labels/scores in eval mode. `predict` is the user-facing inference call.
+    """
+
+    def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
+        super().__init__()
+        self.model = model
+        self.categories = dict(sorted((int(k), str(v)) for k, v in categories.items()))
+        self.config = config
+        self.label_to_category = [0, *self.categories]  # index 0 is torchvision's background
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def category_to_label(self, category_id: int) -> int:
+        return self.label_to_category.index(int(category_id))
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
+        return self.model(images, targets)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        conf: float = 0.05,
+        batch_size: int = 4,
+        amp: bool = False,
+    ) -> list[Prediction]:
+        """Detect birds in PIL images, image paths or tensors ([3, H, W], uint8 or float in [0, 1]).
+
+        Returns one `Prediction` per image with boxes in that image's pixel coordinates and scores >= `conf`.
+        """
+        single = isinstance(images, Image.Image | torch.Tensor | str | os.PathLike)
+        items = [images] if single else list(images)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        heads = self.model.roi_heads
+        saved_thresh = heads.score_thresh
+        heads.score_thresh = min(saved_thresh, conf)
+        try:
+            results: list[Prediction] = []
+            for start in range(0, len(items), batch_size):
+                tensors = [_to_tensor(x).to(device) for x in items[start : start + batch_size]]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    outputs = self.model(tensors)
+                for t, out in zip(tensors, outputs):
+                    results.append(self._prediction(out, (t.shape[-1], t.shape[-2]), conf))
+        finally:
+            heads.score_thresh = saved_thresh
+            self.train(was_training)
+        return results
+
+    def _prediction(self, out: dict[str, torch.Tensor], image_size: tuple[int, int], conf: float) -> Prediction:
+        keep = out["scores"] >= conf
+        labels = out["labels"][keep].tolist()
+        cats = [self.label_to_category[label] for label in labels]
+        return Prediction(
+            boxes=out["boxes"][keep].float().cpu(),
+            scores=out["scores"][keep].float().cpu(),
+            category_ids=cats,
+            names=[self.categories[c] for c in cats],
+            image_size=image_size,
+        )
+
+
+def _to_tensor(image: ImageInput) -> torch.Tensor:
+    if isinstance(image, str | os.PathLike):
+        from birddet.data.images import load_image
+
+        image = load_image(Path(image))
+    if isinstance(image, Image.Image):
+        return TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"image tensors must be [3, H, W], got {list(image.shape)}")
+        return TF.to_dtype(image, torch.float32, scale=True) if image.dtype == torch.uint8 else image.float()
+    raise InputError(f"cannot read an image from {type(image).__name__}; pass a PIL image, a path or a tensor")
+
+
+# -- assembly -------------------------------------------------------------------------------------------------
+def build_backbone_body(cfg: Config, *, load_weights: bool = True) -> tuple[ViT, dict[str, list[float]] | None]:
+    """The ViT for the detector, from the birder file in `model.backbone.weights` or random init.
+
+    The final norm and the classification head are not used by detection features, so they are dropped (the
+    species classifier is loaded separately, as its own frozen copy). Records the pretraining size in the config
+    so that a checkpoint rebuilds a network with the same position-embedding grid.
+    """
+    bcfg = cfg.model.backbone
+    rgb_stats = None
+    if bcfg.weights and load_weights:
+        body, info = load_backbone(bcfg.weights, network=bcfg.preset)
+        bcfg.pretrain_size = list(body.image_size)
+        rgb_stats = info.rgb_stats
+    else:
+        size = bcfg.pretrain_size or [cfg.model.image_size, cfg.model.image_size]
+        body = ViT(get_preset(bcfg.preset), num_classes=0, image_size=(int(size[0]), int(size[1])))
+        bcfg.pretrain_size = list(body.image_size)
+    body.norm = nn.Identity()
+    body.classifier = nn.Identity()
+    body.num_classes = 0
+    body.freeze(bcfg.freeze_blocks)
+    body.set_grad_checkpointing(bcfg.grad_checkpointing)
+    return body, rgb_stats
+
+
+def _box_head(cfg: Config, channels: int) -> tuple[nn.Module, int]:
+    rh = cfg.model.roi_heads
+    r = rh.roi_output_size
+    if rh.box_head == "2mlp":
+        return TwoMLPHead(channels * r * r, rh.representation_size), rh.representation_size
+    if rh.box_head == "4conv1fc":
+        head = FastRCNNConvFCHead((channels, r, r), [rh.conv_dim] * 4, [rh.representation_size], norm_layer=LayerNorm2d)
+        return head, rh.representation_size
+    raise InputError(f"model.roi_heads.box_head must be '2mlp' or '4conv1fc', got {rh.box_head!r}")
+
+
+def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: bool = True) -> BirdDetector:
+    """Assemble the detector described by `cfg` for the given COCO categories (id -> name).
+
+    `cfg` is copied and resolved (pretraining size, normalisation statistics) so the detector's `config` rebuilds
+    the same network later without the original weights file (`load_weights=False`).
+    """
+    if not categories:
+        raise InputError("the detector needs at least one category; the dataset's 'categories' list is empty")
+    cfg = copy.deepcopy(cfg)
+    m = cfg.model
+    body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
+    m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
+    p = m.pyramid
+    pyramid = SimpleFeaturePyramid(
+        body.hidden_dim,
+        in_stride=body.patch_size,
+        out_channels=p.out_channels,
+        scale_factors=p.scale_factors,
+        top_block=p.top_block,
+    )
+    levels = pyramid.level_names
+    if len(m.rpn.anchor_sizes) != len(levels):
+        raise InputError(
+            f"model.rpn.anchor_sizes has {len(m.rpn.anchor_sizes)} sizes but the pyramid has {len(levels)} levels "
+            f"({', '.join(levels)}); give one anchor size per level"
+        )
+    anchors = AnchorGenerator(
+        sizes=tuple((int(s),) for s in m.rpn.anchor_sizes),
+        aspect_ratios=(tuple(float(a) for a in m.rpn.aspect_ratios),) * len(levels),
+    )
+    roi_levels = [name for name in levels if not (p.top_block and name == levels[-1])]
+    rh = m.roi_heads
+    box_head, rep = _box_head(cfg, p.out_channels)
+    min_size = m.min_size or m.image_size
+    max_size = m.max_size or m.image_size
+    model = FasterRCNN(
+        ViTDetBackbone(body, pyramid),
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(m.rgb_stats["mean"]),
+        image_std=list(m.rgb_stats["std"]),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(p.out_channels, len(m.rpn.aspect_ratios), conv_depth=m.rpn.conv_depth),
+        rpn_pre_nms_top_n_train=m.rpn.pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=m.rpn.post_nms_top_n_train,
+        rpn_post_nms_top_n_test=m.rpn.post_nms_top_n_test,
+        rpn_nms_thresh=m.rpn.nms_thresh,
+        rpn_fg_iou_thresh=m.rpn.fg_iou_thresh,
+        rpn_bg_iou_thresh=m.rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=m.rpn.batch_size_per_image,
+        rpn_positive_fraction=m.rpn.positive_fraction,
+        rpn_score_thresh=m.rpn.score_thresh,
+        box_roi_pool=MultiScaleRoIAlign(roi_levels, output_size=rh.roi_output_size, sampling_ratio=rh.sampling_ratio),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(rep, len(categories) + 1),
+        box_score_thresh=rh.score_thresh,
+        box_nms_thresh=rh.nms_thresh,
+        box_detections_per_img=rh.detections_per_img,
+        box_fg_iou_thresh=rh.fg_iou_thresh,
+        box_bg_iou_thresh=rh.bg_iou_thresh,
+        box_batch_size_per_image=rh.batch_size_per_image,
+        box_positive_fraction=rh.positive_fraction,
+    )
+    return BirdDetector(model, categories, cfg)
