@@ -8,7 +8,8 @@ lineage; they become species-only taxa that never group with anything above spec
 
 Roll-up is vectorised: group ids per rank are computed once, and per-rank probability sums are built
 bottom-up (species -> genus -> family ...) with ``index_add_``, so a batch of 64 crops over 10,000 classes
-costs a few small tensor ops rather than a Python loop over classes.
+costs a few small tensor ops rather than a Python loop over classes (about 1 ms on an idle 2-core CPU; when
+the cores are busy with other processes, PyTorch's OpenMP threads spin and one intra-op thread is faster).
 """
 
 from __future__ import annotations
