@@ -28,9 +28,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from birddet.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # config errors before the heavier imports
     from birddet.engine.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
     train(cfg, Path(args.out), resume=args.resume)
     return 0
 
