@@ -1,0 +1,162 @@
+"""Optimizer and learning-rate schedule for detector training.
+
+ViTDet (arXiv 2203.16527, section 4) fine-tunes a pretrained ViT with AdamW and *layer-wise LR decay*: the deeper a
+block, the closer its LR to the base LR, because early blocks hold generic features that fine-tuning should move
+least. Block `i` of `L` gets `lr * layer_decay ** (L - i)`; the patch embedding (projection, register tokens,
+position embedding) sits below block 0 and gets `layer_decay ** (L + 1)`; the pyramid and the heads are new and
+get the full LR. Norm weights, biases, position embeddings and register tokens get no weight decay: shrinking them
+towards zero is not regularisation, it changes what they mean.
+
+The schedule is one multiplicative factor per optimizer step (`LambdaLR`): linear warmup from `warmup_factor`, times
+cosine decay to `min_lr_ratio` or step decay (x0.1 at each milestone, given as fractions of the total steps).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from birddet.config import TrainConfig
+
+BODY_PREFIX = "model.backbone.body."
+_BLOCK_RE = re.compile(r"^encoder\.block\.(\d+)\.")
+_EMBEDDING_NAMES = ("conv_proj.", "reg_tokens", "pos_embedding")
+_NO_DECAY_NAMES = ("pos_embedding", "reg_tokens")
+
+
+@dataclass(frozen=True)
+class ParamRule:
+    """How one parameter is optimised: its LR multiplier and whether weight decay applies."""
+
+    lr_scale: float
+    decay: bool
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and norm scales are 1-D; position embeddings and register tokens are named. None of them decay."""
+    return param.ndim <= 1 or name.split(".")[-1] in _NO_DECAY_NAMES
+
+
+def layer_lr_scale(name: str, *, num_layers: int, layer_decay: float, backbone_lr_mult: float = 1.0) -> float:
+    """LR multiplier of a parameter of `BirdDetector` named `name` (see the module docstring)."""
+    if not name.startswith(BODY_PREFIX):
+        return 1.0
+    local = name[len(BODY_PREFIX) :]
+    match = _BLOCK_RE.match(local)
+    if match:
+        depth = num_layers - int(match.group(1))
+    elif local.startswith(_EMBEDDING_NAMES):
+        depth = num_layers + 1
+    else:  # anything after the last block (the final norm is dropped for detection, but be safe)
+        depth = 0
+    return backbone_lr_mult * layer_decay**depth
+
+
+def param_rules(model: nn.Module, *, layer_decay: float, backbone_lr_mult: float = 1.0) -> dict[str, ParamRule]:
+    """Name -> rule for every trainable parameter of a `BirdDetector` (frozen ones are left out)."""
+    num_layers = len(model.model.backbone.body.encoder.block)
+    return {
+        name: ParamRule(
+            lr_scale=layer_lr_scale(
+                name, num_layers=num_layers, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult
+            ),
+            decay=not no_weight_decay(name, p),
+        )
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def param_groups(
+    model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float, backbone_lr_mult: float = 1.0
+) -> list[dict]:
+    """AdamW parameter groups, one per distinct (LR scale, decay) pair, in a stable order.
+
+    Each group carries `lr_scale` so the schedule multiplies a per-group base LR; the order is the order of
+    first appearance in `named_parameters`, so a resumed optimizer state lines up with the same groups.
+    """
+    params = dict(model.named_parameters())
+    groups: dict[ParamRule, dict] = {}
+    for name, rule in param_rules(model, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult).items():
+        group = groups.setdefault(
+            rule,
+            {
+                "params": [],
+                "lr": lr * rule.lr_scale,
+                "lr_scale": rule.lr_scale,
+                "weight_decay": weight_decay if rule.decay else 0.0,
+            },
+        )
+        group["params"].append(params[name])
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the layer-decayed groups of `model` (the unwrapped `BirdDetector`, not a DDP wrapper)."""
+    groups = param_groups(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        layer_decay=cfg.layer_decay,
+        backbone_lr_mult=cfg.backbone_lr_mult,
+    )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    schedule: str = "cosine",
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.001,
+    min_lr_ratio: float = 0.0,
+    milestones: list[float] | tuple[float, ...] = (0.75, 0.9),
+) -> float:
+    """The LR multiplier after `step` optimizer steps (0 = before the first step).
+
+    Warmup multiplies the main schedule, as in detectron2, so a short run whose warmup is longer than the run still
+    decays. Milestones are fractions of `total_steps`, so a config keeps its meaning when the epoch count changes.
+    """
+    total = max(1, total_steps)
+    t = min(step, total)
+    if schedule == "cosine":
+        factor = min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    elif schedule == "step":
+        passed = sum(1 for m in milestones if t >= m * total)
+        factor = 0.1**passed
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'step'")
+    if warmup_iters > 0 and step < warmup_iters:
+        alpha = step / warmup_iters
+        factor *= warmup_factor * (1.0 - alpha) + alpha
+    return factor
+
+
+def schedule_fn(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The `lr_factor` for a config, as the one-argument function `LambdaLR` wants."""
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            step,
+            total_steps=total_steps,
+            schedule=cfg.schedule,
+            warmup_iters=cfg.warmup_iters,
+            warmup_factor=cfg.warmup_factor,
+            min_lr_ratio=cfg.min_lr_ratio,
+            milestones=cfg.step_milestones,
+        )
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step `LambdaLR`; its state dict holds only numbers, so it round-trips through `weights_only` loading."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, total_steps))

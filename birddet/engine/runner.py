@@ -1,0 +1,235 @@
+"""Run a detector over an annotated split and turn its output into COCO results (and, for `birddet eval`, a report).
+
+`run_detector` is shared by the trainer's validation and `birddet eval`: it writes what pycocotools scores, i.e.
+boxes in the ORIGINAL image's pixels (the dataset's eval transform resized the image; the detector's own resize
+is undone by torchvision already) and the dataset's original COCO category ids. Under torchrun each rank runs a
+strided shard and the lists are gathered, so evaluation happens once, on rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from birddet.engine import distributed as D
+from birddet.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def _collate(batch: list[Any]) -> tuple[Any, ...]:
+    return tuple(zip(*batch))
+
+
+def _amp_dtype(amp: bool | str) -> torch.dtype | None:
+    """`True`/`"bf16"` -> bfloat16, `"fp16"` -> float16, `False`/`"none"` -> no autocast."""
+    if amp is True or amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    return None
+
+
+def _image_id(target: dict[str, Any]) -> int:
+    value = target["image_id"]
+    return int(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def _orig_size(target: dict[str, Any]) -> tuple[int, int]:
+    h, w = (
+        int(v)
+        for v in (
+            target["orig_size"].tolist() if isinstance(target["orig_size"], torch.Tensor) else target["orig_size"]
+        )
+    )
+    return h, w
+
+
+def to_coco_results(
+    output: dict[str, torch.Tensor], image: torch.Tensor, target: dict[str, Any], label_to_category: list[int]
+) -> list[dict[str, Any]]:
+    """One image's detections -> COCO result entries, rescaled from the transformed image to `orig_size`."""
+    h, w = image.shape[-2:]
+    oh, ow = _orig_size(target)
+    boxes = output["boxes"].float().cpu().clone()
+    if boxes.numel() == 0:
+        return []
+    boxes[:, 0::2] *= ow / w
+    boxes[:, 1::2] *= oh / h
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+    boxes[:, 2:] -= boxes[:, :2]
+    image_id = _image_id(target)
+    return [
+        {
+            "image_id": image_id,
+            "category_id": int(label_to_category[int(label)]),
+            "bbox": [round(float(v), 3) for v in box],
+            "score": round(float(score), 5),
+        }
+        for box, label, score in zip(boxes.tolist(), output["labels"].tolist(), output["scores"].tolist())
+    ]
+
+
+@torch.no_grad()
+def run_detector(
+    detector: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 4,
+    workers: int = 0,
+    amp: bool | str = False,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """COCO results for every image of `dataset` (`CocoDetection` with eval transforms), on every rank.
+
+    `detector` is a `BirdDetector` (or DDP around one); it is put in eval mode and restored afterwards. Each rank
+    runs its own shard; the gathered list is returned everywhere so the caller decides who scores it.
+    """
+    module = D.unwrap_model(detector)
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    shard = Subset(dataset, D.shard_indices(len(dataset)))
+    loader = DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        # A private generator keeps the global RNG untouched, so validation does not shift the training stream.
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+    dtype = _amp_dtype(amp)
+    was_training = module.training
+    module.eval()
+    results: list[dict[str, Any]] = []
+    try:
+        iterator = loader
+        if progress and D.is_main_process():
+            from tqdm import tqdm
+
+            iterator = tqdm(loader, desc="eval", unit="batch", leave=False)
+        for images, targets in iterator:
+            batch = [img.to(device, non_blocking=True) for img in images]
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                outputs = module(batch)
+            for out, img, tgt in zip(outputs, images, targets):
+                results.extend(to_coco_results(out, img, tgt, module.label_to_category))
+    finally:
+        module.train(was_training)
+    return D.gather_lists(results)
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """JSON to a temporary file beside `path`, then rename: readers never see half a results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _gt_categories(ann: str | Path) -> dict[int, str]:
+    """Category ids and names of a COCO file, read cheaply (full validation happens in `CocoDetection`)."""
+    path = Path(ann)
+    if not path.is_file():
+        raise InputError(f"annotation file {path} does not exist; pass the COCO JSON of the split with --ann")
+    try:
+        data = json.loads(path.read_text())
+        return {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: cannot read its 'categories' list ({err}); is it a COCO detection file?") from None
+
+
+def check_categories(
+    checkpoint_categories: dict[int, str], gt_categories: dict[int, str], *, ann: str, ckpt: str
+) -> None:
+    """The ground truth must use the category ids the detector was trained with, or every score is meaningless."""
+    unknown = sorted(set(gt_categories) - set(checkpoint_categories))
+    if unknown:
+        shown = ", ".join(f"{i} ({gt_categories[i]})" for i in unknown[:5])
+        raise InputError(
+            f"{ann} has category ids the checkpoint {ckpt} was not trained on: {shown}"
+            f"{' ...' if len(unknown) > 5 else ''}; the checkpoint knows "
+            f"{', '.join(f'{k} ({v})' for k, v in list(checkpoint_categories.items())[:5])}. "
+            "Evaluate on a split annotated with the training dataset's categories"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    ann: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 4,
+    workers: int = 2,
+    amp: bool = False,
+    device: str = "auto",
+    plots: bool = True,
+    conf_threshold: float = 0.5,
+) -> Any:
+    """`birddet eval`: detect on an annotated split, write `results.json` and the report; `EvalResult` on rank 0.
+
+    Returns None on the other ranks of a torchrun launch (they only run their shard).
+    """
+    from birddet.data.coco import CocoDetection
+    from birddet.data.transforms import build_eval_transforms
+    from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
+    from birddet.engine.evaluator import evaluate, load_ground_truth
+    from birddet.engine.reports import write_report
+
+    ctx = D.init_distributed(device)
+    try:
+        ckpt = read_checkpoint(checkpoint)
+        categories = {int(k): str(v) for k, v in ckpt["categories"].items()}
+        check_categories(categories, _gt_categories(ann), ann=str(ann), ckpt=str(checkpoint))
+        detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
+        del ckpt
+        cfg = detector.config
+        dataset = CocoDetection(
+            str(ann),
+            str(images),
+            build_eval_transforms(cfg.model.max_size or cfg.model.image_size),
+            category_map=_category_map(categories),
+        )
+        results = run_detector(
+            detector, dataset, batch_size=batch_size, workers=workers, amp=amp, device=ctx.device, progress=True
+        )
+        if not ctx.is_main:
+            return None
+        out = Path(out_dir)
+        write_json_atomic(results, out / "results.json")
+        coco_gt = load_ground_truth(ann)
+        result = evaluate(coco_gt, results)
+        write_report(result, out, coco_gt=coco_gt, results=results, plots=plots)
+        return result
+    finally:
+        D.barrier()
+        D.cleanup(ctx)
+
+
+def _category_map(categories: dict[int, str]) -> Any:
+    """The data module's `CategoryMap` for the checkpoint's categories, so labels mean what they meant in training."""
+    from birddet.data import coco
+
+    cls = coco.CategoryMap
+    for ctor in ("from_categories", "from_dict"):
+        if hasattr(cls, ctor):
+            return getattr(cls, ctor)(categories)
+    return cls(categories)

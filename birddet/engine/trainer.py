@@ -1,0 +1,656 @@
+"""`birddet train`: fit a detector on a COCO split, validate with pycocotools, keep `best.pt` and `last.pt`.
+
+What a run folder holds (rank 0 writes everything):
+  - `config.yaml`   the resolved config (weights-derived fields filled in);
+  - `last.pt`       model + full training state, rewritten atomically at the end of every epoch (and when
+                    `train.max_steps` stops a run), so `--resume` continues a run killed at any moment;
+  - `best.pt`       the weights (EMA weights when `train.ema`) with the highest val AP so far;
+  - `metrics.jsonl` one line per logged step: loss parts, lr, images/s, max memory; `metrics.json` the COCO
+                    stats of `best.pt` on val; `loss.png`, `ap.png` the curves.
+
+Reproducibility: one seed drives model init, sampling and augmentation. The sampler of epoch `e` is seeded with
+`seed + e`, and each sample's augmentation is seeded from (seed, epoch, index), so the data of a step does not
+depend on what ran before it or on the number of loader workers. Together with the RNG states in `last.pt`, a
+resumed run on CPU reproduces the losses of an uninterrupted one exactly.
+
+`train.max_steps` stops early (a smoke test, a benchmark) without changing the LR schedule, which always spans
+`train.epochs`; a run stopped that way resumes mid-epoch from the batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from birddet.config import Config, config_to_dict, save_config
+from birddet.engine import distributed as D
+from birddet.engine.optim import build_optimizer, build_scheduler
+from birddet.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LAST = "last.pt"
+BEST = "best.pt"
+# Keys that may change between a run and its resume: they do not change what is computed.
+RESUME_IGNORED_KEYS = {("data", "workers")}
+
+
+class NonFiniteLossError(InputError):
+    """The loss became NaN or infinite: the run stops, keeping the last good `last.pt`.
+
+    An `InputError` because the fix is in the config (a lower `train.lr`, `train.grad_clip`, fp32 instead of fp16),
+    so the CLI reports it on one line (exit code 2) instead of a traceback.
+    """
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+@dataclass
+class DataPaths:
+    train_ann: str
+    train_images: str
+    val_ann: str
+    val_images: str
+
+
+def resolve_data_paths(cfg: Config, ctx: D.DistContext) -> DataPaths:
+    """The split files to train on: the configured ones, or the synthetic set (generated on rank 0 if missing).
+
+    Relative paths resolve against the current directory, like every other path on the command line.
+    """
+    d = cfg.data
+    syn = d.synthetic
+    if d.train.ann is None and syn.dir:
+        root = Path(syn.dir)
+        if ctx.is_main:
+            from birddet.data.synthetic import ensure_synthetic_coco
+
+            ensure_synthetic_coco(root, num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed)
+        D.barrier()
+        train = (d.train.ann or str(root / "train.json"), d.train.images or str(root / "images"))
+        val = (d.val.ann or str(root / "val.json"), d.val.images or str(root / "images"))
+        return DataPaths(*train, *val)
+    missing = [
+        key
+        for key, value in (
+            ("data.train.ann", d.train.ann),
+            ("data.train.images", d.train.images),
+            ("data.val.ann", d.val.ann),
+            ("data.val.images", d.val.images),
+        )
+        if not value
+    ]
+    if missing:
+        raise InputError(
+            f"no training data: set {', '.join(missing)} (e.g. `birddet train CONFIG {missing[0]}=PATH ...`), "
+            "or set data.synthetic.dir to train on the generated synthetic set"
+        )
+    return DataPaths(d.train.ann, d.train.images, d.val.ann, d.val.images)  # type: ignore[arg-type]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-spread 32-bit seed for one sample's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededDataset(Dataset):
+    """Wraps a training `CocoDetection` so each item's augmentation is seeded from (seed, epoch, index).
+
+    Seeding per sample (instead of per worker) makes the data of a step independent of the worker count and of
+    which batches ran before it: what a mid-epoch resume needs. The caller's global RNG states are restored after
+    each item, so loading in the main process does not disturb the model's sampling stream.
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        s = sample_seed(self.seed, self.epoch, index)
+        pipeline = getattr(getattr(self.dataset, "transforms", None), "pipeline", None)
+        if pipeline is not None and hasattr(pipeline, "set_random_seed"):
+            pipeline.set_random_seed(s)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(s)
+        np.random.seed(s)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | None = None) -> tuple[Any, Any]:
+    """Training and validation `CocoDetection`s; constructing them validates every annotation before training.
+
+    `categories` (from a checkpoint being resumed) fixes the label mapping; otherwise the training file defines it.
+    """
+    from birddet.data.coco import CategoryMap, CocoDetection
+    from birddet.data.transforms import build_eval_transforms, build_train_transforms
+
+    size = cfg.model.max_size or cfg.model.image_size
+    aug = cfg.data.augment
+    cmap = CategoryMap.from_dict(categories) if categories else None
+    train_ds = CocoDetection(
+        paths.train_ann,
+        paths.train_images,
+        build_train_transforms(size, scale_range=aug.scale_range, hflip=aug.hflip, color_jitter=aug.color_jitter),
+        category_map=cmap,
+    )
+    val_ds = CocoDetection(
+        paths.val_ann,
+        paths.val_images,
+        build_eval_transforms(size),
+        category_map=train_ds.category_map,
+        skip_bad_images=False,
+    )
+    if len(train_ds) == 0:
+        raise InputError(f"{paths.train_ann} has no images to train on")
+    if len(val_ds) == 0:
+        raise InputError(f"{paths.val_ann} has no images to validate on")
+    return train_ds, val_ds
+
+
+def epoch_batches(dataset: Any, cfg: Config, epoch: int, ctx: D.DistContext) -> list[list[int]]:
+    """This rank's batches of dataset indices for `epoch`: a pure function of (seed, epoch, rank)."""
+    seed = cfg.train.seed
+    if ctx.distributed:
+        sampler: Any = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)  # DistributedSampler seeds its permutation with seed + epoch
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
+    bs = cfg.train.batch_size
+    if cfg.data.aspect_ratio_grouping:
+        from birddet.data.sampler import GroupedBatchSampler, create_aspect_ratio_groups
+
+        return list(GroupedBatchSampler(sampler, create_aspect_ratio_groups(dataset.aspect_ratios()), bs))
+    order = list(sampler)
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+
+def steps_per_epoch(num_batches: int, accumulate: int) -> int:
+    return -(-num_batches // max(1, accumulate))
+
+
+# -- state -----------------------------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Counters and history that `last.pt` carries between processes."""
+
+    epoch: int = 0  # epoch in progress (or next to start)
+    step: int = 0  # optimizer steps taken
+    batches_done: int = 0  # batches of `epoch` already consumed (non-zero only after a max_steps stop)
+    best_ap: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python/NumPy/torch (and CUDA) RNG states as plain containers and tensors (`weights_only` loadable)."""
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(states["python"]))
+    n = states["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _to_plain(x: Any) -> Any:
+    return [_to_plain(v) for v in x] if isinstance(x, tuple | list) else x
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _compare_configs(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Resuming with other model or data settings would silently train a different experiment: refuse."""
+
+    def walk(a: Any, b: Any, path: tuple[str, ...]) -> list[str]:
+        if path[:2] in RESUME_IGNORED_KEYS:
+            return []
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), (*path, k))]
+        return [] if a == b else [f"{'.'.join(path)} ({a!r} in the run, {b!r} now)"]
+
+    diffs = [d for section in ("model", "data") for d in walk(saved.get(section), current.get(section), (section,))]
+    if diffs:
+        raise InputError(
+            f"cannot resume {where}: the config differs in {'; '.join(diffs[:5])}"
+            f"{' ...' if len(diffs) > 5 else ''}. Resume with the run's own config (its config.yaml) or start a new --out"
+        )
+
+
+# -- the loop --------------------------------------------------------------------------------------------------------
+class Trainer:
+    """One training run. `fit()` returns a summary dict; see the module docstring for what it writes."""
+
+    def __init__(self, cfg: Config, out_dir: Path, *, resume: bool, ctx: D.DistContext) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ctx = ctx
+        self.device = ctx.device
+        t = cfg.train
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise InputError(
+                f"train.amp=fp16 needs a CUDA GPU (this run is on {self.device}); use train.amp=bf16 or none on CPU"
+            )
+        if t.batch_size < 1 or t.accumulate < 1 or t.epochs < 1:
+            raise InputError("train.batch_size, train.accumulate and train.epochs must all be at least 1")
+        self.state = RunState()
+        ckpt = self._read_resume_checkpoint() if resume else None
+        if not resume and (self.out / LAST).exists():
+            raise InputError(
+                f"{self.out} already holds a run ({LAST}); pass --resume to continue it or use a new --out"
+            )
+
+        paths = resolve_data_paths(cfg, ctx)
+        self.train_ds, self.val_ds = build_datasets(cfg, paths, ckpt["categories"] if ckpt else None)
+        self.val_ann = paths.val_ann
+        self.seeded = SeededDataset(self.train_ds, t.seed)
+        self.detector = self._build_detector(ckpt)
+        self.detector.to(self.device)
+        self.model = D.wrap_model(self.detector, ctx)
+        self.optimizer = build_optimizer(self.detector, t)
+        self.batches_per_epoch = len(epoch_batches(self.train_ds, cfg, 0, ctx))
+        self.total_steps = t.epochs * steps_per_epoch(self.batches_per_epoch, t.accumulate)
+        self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.ema = (
+            AveragedModel(self.detector, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+            if t.ema
+            else None
+        )
+        if ckpt is not None:
+            self._restore(ckpt["training"])
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+        self.log_records: list[dict[str, Any]] = self._read_log() if resume else []
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.detector.config, self.out / "config.yaml")
+            if not resume:
+                (self.out / "metrics.jsonl").write_text("")
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def _read_resume_checkpoint(self) -> dict[str, Any]:
+        from birddet.engine.checkpoint import read_checkpoint
+
+        path = self.out / LAST
+        if not path.is_file():
+            raise InputError(f"cannot resume: {path} does not exist; start the run without --resume")
+        ckpt = read_checkpoint(path)
+        if "training" not in ckpt:
+            raise InputError(f"cannot resume from {path}: it holds no training state (is it a copy of best.pt?)")
+        _compare_configs(ckpt["training"]["user_config"], config_to_dict(self.cfg), str(path))
+        return ckpt
+
+    def _build_detector(self, ckpt: dict[str, Any] | None) -> Any:
+        from birddet.engine.checkpoint import detector_from_checkpoint
+        from birddet.models.detector import build_detector
+
+        if ckpt is not None:
+            return detector_from_checkpoint(ckpt, str(self.out / LAST)).train()
+        seed_everything(self.cfg.train.seed)
+        categories = self.train_ds.category_map.as_dict()
+        # Rank 0 first: a weights download goes to a shared cache once; DDP then broadcasts rank 0's init.
+        if self.ctx.is_main:
+            detector = build_detector(self.cfg, categories)
+        D.barrier()
+        if not self.ctx.is_main:
+            detector = build_detector(self.cfg, categories)
+        seed_everything(self.cfg.train.seed + 1_000 * self.ctx.rank)
+        return detector.train()
+
+    def _restore(self, training: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        if training.get("scaler"):
+            self.scaler.load_state_dict(training["scaler"])
+        if self.ema is not None and training.get("ema") is not None:
+            self.ema.load_state_dict(training["ema"])
+        s = self.state
+        s.epoch, s.step, s.batches_done = int(training["epoch"]), int(training["step"]), int(training["batches_done"])
+        s.best_ap, s.best_epoch = float(training["best_ap"]), int(training["best_epoch"])
+        s.history = list(training["history"])
+        set_rng_states(training["rng"])
+        logger.info("resuming %s at epoch %d, step %d", self.out, s.epoch + 1, s.step)
+
+    def _read_log(self) -> list[dict[str, Any]]:
+        """Keep the log lines up to the resumed step; later ones belong to the lost tail of the killed run."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("step", 0) <= self.state.step]
+        if self.ctx.is_main:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _training_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": s.epoch,
+            "step": s.step,
+            "batches_done": s.batches_done,
+            "best_ap": s.best_ap,
+            "best_epoch": s.best_epoch,
+            "history": s.history,
+            "rng": rng_states(),
+            "user_config": config_to_dict(self.cfg),
+        }
+
+    def save_last(self) -> None:
+        from birddet.engine.checkpoint import save_checkpoint
+
+        if self.ctx.is_main:
+            save_checkpoint(self.out / LAST, self.detector, training=self._training_state())
+        D.barrier()
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self, epoch: int) -> float:
+        """Val AP of the weights being kept (EMA when on); writes `best.pt` and `metrics.json` when it improves."""
+        from birddet.engine.checkpoint import save_checkpoint
+        from birddet.engine.evaluator import evaluate, load_ground_truth
+        from birddet.engine.reports import write_metrics_json
+        from birddet.engine.runner import run_detector
+
+        t = self.cfg.train
+        model = self.ema.module if self.ema is not None else self.detector
+        results = run_detector(
+            model,
+            self.val_ds,
+            batch_size=t.eval_batch_size,
+            workers=self.cfg.data.workers,
+            amp=t.amp,
+            device=self.device,
+        )
+        improved = False
+        if self.ctx.is_main:
+            result = evaluate(load_ground_truth(self.val_ann), results)
+            stats = {k: float(v) for k, v in result.stats.items()}
+            self.state.history.append({"epoch": epoch + 1, "step": self.state.step, **stats})
+            ap = stats["AP"]
+            improved = ap > self.state.best_ap
+            if improved:
+                self.state.best_ap, self.state.best_epoch = ap, epoch + 1
+                save_checkpoint(self.out / BEST, self.detector, state_dict=_module_state(model))
+                write_metrics_json(result, self.out / "metrics.json")
+            logger.info(
+                "epoch %d: val AP %.4f AP50 %.4f (best %.4f, epoch %d)",
+                epoch + 1, ap, stats["AP50"], self.state.best_ap, self.state.best_epoch,
+            )  # fmt: skip
+            from birddet.engine.plots import plot_ap
+
+            plot_ap(self.state.history, self.out / "ap.png")
+        # Every rank keeps the same history/best so whichever rank's state is saved, it is the same.
+        self.state.history, self.state.best_ap, self.state.best_epoch = D.broadcast_object(
+            (self.state.history, self.state.best_ap, self.state.best_epoch)
+        )
+        return self.state.best_ap
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def _loader(self, batches: list[list[int]], epoch: int) -> DataLoader:
+        self.seeded.epoch = epoch
+        workers = self.cfg.data.workers
+        return DataLoader(
+            self.seeded,
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.train.seed + epoch),
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = [img.to(self.device, non_blocking=True) for img in images]
+        targets = [
+            {"boxes": t["boxes"].to(self.device, non_blocking=True), "labels": t["labels"].to(self.device)}
+            for t in targets
+        ]
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
+            return self.model(images, targets)
+
+    def _check_finite(self, parts: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        """Mean loss parts over ranks; NaN/inf anywhere stops every rank together with a message saying how to fix it."""
+        names = list(parts)
+        values = D.all_reduce_mean(torch.stack([parts[n].detach().float() for n in names])).tolist()
+        logged = dict(zip(names, values))
+        bad = [n for n, v in logged.items() if not math.isfinite(v)]
+        if bad:
+            last = self.out / LAST
+            kept = (
+                f"the last good state is kept in {last}" if last.exists() else "no epoch finished, so no last.pt exists"
+            )
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.step + 1} (epoch {epoch + 1}): "
+                f"{', '.join(f'{n}={logged[n]}' for n in bad)}; {kept}. Lower train.lr (now {self.cfg.train.lr:g}), "
+                "set train.grad_clip (e.g. 1.0), lengthen train.warmup_iters, or use train.amp=bf16/none instead of fp16"
+            )
+        return logged
+
+    def _optimizer_step(self) -> float | None:
+        t = self.cfg.train
+        grad_norm = None
+        if t.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.detector)
+        return grad_norm
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.log_records.append(record)
+        if self.ctx.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _groups(self, batches: list[list[int]]) -> list[list[list[int]]]:
+        a = self.cfg.train.accumulate
+        return [batches[i : i + a] for i in range(0, len(batches), a)]
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """Run the rest of `epoch`; True when `train.max_steps` stopped it."""
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        s = self.state
+        groups = self._groups(epoch_batches(self.train_ds, self.cfg, epoch, self.ctx))
+        done = self._groups_done(groups)
+        remaining = groups[done:]
+        loader = iter(self._loader([b for g in remaining for b in g], epoch))
+        bar = tqdm(
+            total=len(groups),
+            initial=done,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="step",
+            disable=not self.ctx.is_main,
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        tick, seen = time.perf_counter(), 0
+        try:
+            for group in remaining:
+                sums: dict[str, float] = {}
+                for j in range(len(group)):
+                    images, targets = next(loader)
+                    last_micro = j == len(group) - 1
+                    # DDP all-reduces gradients on the last micro-batch of an accumulation group only.
+                    sync = nullcontext() if last_micro or not self.ctx.distributed else self.model.no_sync()
+                    with sync:
+                        parts = self._forward(images, targets)
+                        loss = sum(parts.values())
+                        logged = self._check_finite({**parts, "loss": loss}, epoch)
+                        self.scaler.scale(loss / len(group)).backward()
+                    for k, v in logged.items():
+                        sums[k] = sums.get(k, 0.0) + v / len(group)
+                    seen += len(images) * self.ctx.world_size
+                    s.batches_done += 1
+                lr = self.optimizer.param_groups[-1]["lr"]  # the LR this step used (the head group's, full LR)
+                grad_norm = self._optimizer_step()
+                s.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss']:.3f}", lr=f"{lr:.2e}")
+                if s.step % t.log_every == 0 or s.step == 1:
+                    self._log(self._record(epoch, sums, lr, grad_norm, seen / max(time.perf_counter() - tick, 1e-9)))
+                    tick, seen = time.perf_counter(), 0
+                if t.max_steps is not None and s.step >= t.max_steps:
+                    return True
+            return False
+        finally:
+            bar.close()
+
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        s = self.state
+        stopped = t.max_steps is not None and s.step >= t.max_steps
+        while s.epoch < t.epochs and not stopped:
+            epoch = s.epoch
+            stopped = self._train_epoch(epoch)
+            epoch_done = s.batches_done >= self.batches_per_epoch
+            if epoch_done:
+                s.epoch, s.batches_done = epoch + 1, 0
+            final = stopped or s.epoch >= t.epochs
+            if (epoch_done and (epoch + 1) % t.eval_every == 0) or final:
+                self.evaluate(epoch)
+            self.save_last()
+            if self.ctx.is_main:
+                from birddet.engine.plots import plot_losses
+
+                plot_losses(self.log_records, self.out / "loss.png")
+        if s.best_epoch < 0:  # resumed a finished run or stopped before any evaluation: evaluate once
+            self.evaluate(max(s.epoch - 1, 0))
+            self.save_last()
+        return self.summary()
+
+    def _groups_done(self, groups: list[list[list[int]]]) -> int:
+        done, count = self.state.batches_done, 0
+        for g in groups:
+            if done <= 0:
+                break
+            done -= len(g)
+            count += 1
+        return count
+
+    def _record(
+        self, epoch: int, sums: dict[str, float], lr: float, grad_norm: float | None, ips: float
+    ) -> dict[str, Any]:
+        rec: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
+        rec.update({k: round(v, 6) for k, v in sums.items()})
+        rec["lr"] = lr
+        if grad_norm is not None:
+            rec["grad_norm"] = round(grad_norm, 4)
+        rec["images_per_s"] = round(ips, 2)
+        if self.device.type == "cuda":
+            rec["max_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        else:
+            rec["max_memory_mb"] = round(_peak_rss_mb(), 1)
+        return rec
+
+    def summary(self) -> dict[str, Any]:
+        s = self.state
+        best = next((h for h in s.history if h["epoch"] == s.best_epoch), {})
+        return {
+            "out_dir": str(self.out),
+            "epochs": s.epoch,
+            "steps": s.step,
+            "best_ap": s.best_ap,
+            "best_epoch": s.best_epoch,
+            "best_stats": {k: v for k, v in best.items() if k not in ("epoch", "step")},
+            "history": s.history,
+        }
+
+
+def _collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def _module_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process on CPU runs (Linux reports KiB)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except (ImportError, OSError):
+        return float("nan")
+
+
+def train(cfg: Config, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train the detector described by `cfg` into `out_dir` (see the module docstring); returns a summary.
+
+    Under `torchrun` every rank calls this; rank 0 writes the files and the summary is the same on every rank.
+    """
+    ctx = D.init_distributed(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, Path(out_dir), resume=resume, ctx=ctx)
+        summary = trainer.fit()
+        if ctx.is_main:
+            logger.info(
+                "best val AP %.4f at epoch %d; run folder %s", summary["best_ap"], summary["best_epoch"], out_dir
+            )
+        return summary
+    finally:
+        D.cleanup(ctx)
