@@ -1,0 +1,550 @@
+"""COCO detection annotations: read and validate once, then serve (image, target) pairs for torchvision detectors.
+
+Validation happens at load time so that a bad file fails in the first second with a message naming the ids, not
+after an hour of training. Structural problems (malformed JSON, missing keys, wrong types, duplicate ids, unknown
+image or category ids, file names escaping the image root, missing image files) raise `InputError`. Problems with
+single boxes are repaired or dropped and counted in a `ValidationReport`:
+
+- Box tolerance: an edge may lie outside the image by up to `max(2 px, 1 % of that image side)`; such boxes are
+  clipped to the image (annotation tools often round or overshoot by a pixel). A box further outside is "far
+  outside" and dropped: it means the annotation does not belong to this image size.
+- NaN/infinite coordinates and non-positive width or height are dropped.
+- Images without any usable box are kept as negatives (they teach the detector what is not a bird).
+- `iscrowd=1` annotations stay in the raw data (the evaluator needs them to ignore matches) but are never training
+  targets, as in torchvision's references.
+
+Labels: torchvision wants contiguous labels 1..K with 0 = background; `CategoryMap` translates to and from the
+dataset's own category ids, which are what every output file uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from birddet.data.images import ImageLoadError, load_image
+from birddet.data.transforms import to_tensor
+from birddet.errors import InputError
+
+__all__ = ["CategoryMap", "CocoDetection", "ValidationReport", "load_coco_dataset"]
+
+log = logging.getLogger(__name__)
+
+#: Absolute tolerance (pixels) for boxes outside the image; the relative one is `CLIP_TOLERANCE_FRAC` of the side.
+CLIP_TOLERANCE_PX = 2.0
+CLIP_TOLERANCE_FRAC = 0.01
+#: How many offending ids an error or warning lists before saying "and N more".
+MAX_IDS_SHOWN = 10
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Category map
+
+
+@dataclass
+class CategoryMap:
+    """Dataset category ids <-> contiguous detector labels (1..K; 0 is background, as torchvision requires).
+
+    `coco_ids[i]` and `names[i]` belong to label `i + 1`.
+    """
+
+    coco_ids: list[int]
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.coco_ids) != len(self.names):
+            raise InputError(f"category map: {len(self.coco_ids)} ids but {len(self.names)} names")
+        if len(set(self.coco_ids)) != len(self.coco_ids):
+            raise InputError(f"category map: duplicate category ids in {self.coco_ids}")
+        self._label_of = {cid: i + 1 for i, cid in enumerate(self.coco_ids)}
+
+    @classmethod
+    def from_categories(cls, categories: list[dict[str, Any]] | Mapping[int | str, str]) -> CategoryMap:
+        """Build from a COCO `categories` list; sorted by id so the same file always gives the same labels.
+
+        A `{coco_id: name}` mapping (a checkpoint's `categories`) is accepted too and handed to `from_dict`.
+        """
+        if isinstance(categories, Mapping):
+            return cls.from_dict(categories)
+        cats = sorted(categories, key=lambda c: int(c["id"]))
+        return cls(coco_ids=[int(c["id"]) for c in cats], names=[str(c["name"]) for c in cats])
+
+    @classmethod
+    def from_dict(cls, d: Mapping[int | str, str]) -> CategoryMap:
+        """Inverse of `as_dict`; keys may be strings after a JSON round trip."""
+        try:
+            items = sorted((int(k), str(v)) for k, v in d.items())
+        except (TypeError, ValueError) as e:
+            raise InputError(f"category map: keys must be integer category ids, got {list(d)[:MAX_IDS_SHOWN]}") from e
+        return cls(coco_ids=[k for k, _ in items], names=[v for _, v in items])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of detector classes including background (K + 1), i.e. torchvision's `num_classes`."""
+        return len(self.coco_ids) + 1
+
+    def to_label(self, coco_id: int) -> int:
+        try:
+            return self._label_of[int(coco_id)]
+        except KeyError:
+            raise InputError(f"category id {coco_id} is not one of the known categories {self.coco_ids}") from None
+
+    def to_coco_id(self, label: int) -> int:
+        self._check_label(label)
+        return self.coco_ids[int(label) - 1]
+
+    def name(self, label: int) -> str:
+        self._check_label(label)
+        return self.names[int(label) - 1]
+
+    def as_dict(self) -> dict[int, str]:
+        """COCO id -> name, the form stored in checkpoints."""
+        return dict(zip(self.coco_ids, self.names))
+
+    def _check_label(self, label: int) -> None:
+        if not 1 <= int(label) <= len(self.coco_ids):
+            raise ValueError(f"label {label} is outside 1..{len(self.coco_ids)} (0 is background)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation report
+
+
+@dataclass
+class ValidationReport:
+    """What load-time validation repaired or dropped; one entry per kind of problem with a count and the first ids."""
+
+    ann_file: str = ""
+    num_images: int = 0
+    num_annotations: int = 0
+    num_negative_images: int = 0
+    num_crowd: int = 0
+    clipped: list[int] = field(default_factory=list)
+    dropped_nonfinite: list[int] = field(default_factory=list)
+    dropped_nonpositive: list[int] = field(default_factory=list)
+    dropped_far_outside: list[int] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One human-readable line per kind of dropped or repaired box (empty when the file was clean)."""
+        out = []
+        for ids, what in (
+            (self.dropped_nonfinite, "dropped: NaN or infinite bbox values"),
+            (self.dropped_nonpositive, "dropped: bbox width or height <= 0"),
+            (self.dropped_far_outside, "dropped: bbox far outside its image (wrong image size or coordinates?)"),
+            (
+                self.clipped,
+                f"clipped: bbox slightly outside its image (<= {CLIP_TOLERANCE_PX:g} px or {CLIP_TOLERANCE_FRAC:.0%})",
+            ),
+        ):
+            if ids:
+                out.append(f"{self.ann_file}: {len(ids)} annotation(s) {what}; annotation ids {_first_ids(ids)}")
+        return out
+
+    @property
+    def num_dropped(self) -> int:
+        return len(self.dropped_nonfinite) + len(self.dropped_nonpositive) + len(self.dropped_far_outside)
+
+    def summary(self) -> str:
+        head = (
+            f"{self.ann_file}: {self.num_images} images ({self.num_negative_images} without boxes), "
+            f"{self.num_annotations} annotations ({self.num_crowd} crowd), {self.num_dropped} dropped, "
+            f"{len(self.clipped)} clipped"
+        )
+        return "\n".join([head, *self.warnings])
+
+
+def _first_ids(ids: list[Any]) -> str:
+    shown = ", ".join(str(i) for i in ids[:MAX_IDS_SHOWN])
+    more = len(ids) - MAX_IDS_SHOWN
+    return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_coco_dataset(
+    ann_file: str | os.PathLike[str], image_root: str | os.PathLike[str], *, check_files: bool = True
+) -> tuple[dict[str, Any], ValidationReport]:
+    """Read and validate a COCO detection file.
+
+    Returns the parsed dataset (the original dict; each kept annotation gets a `bbox` clipped to its image; dropped
+    annotations are removed from `annotations`) and a report of what was repaired or dropped. Raises `InputError`
+    for structural problems, naming the file and the ids involved.
+    """
+    ann_file = Path(ann_file)
+    data = _read_json(ann_file)
+    where = str(ann_file)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            hint = ' (use "annotations": [] for a set without boxes)' if key == "annotations" else ""
+            raise InputError(f"{where}: missing top-level key {key!r}{hint}")
+        if not isinstance(data[key], list):
+            raise InputError(f"{where}: {key!r} must be a list, got {type(data[key]).__name__}")
+
+    images = _validate_images(where, data["images"])
+    categories = _validate_categories(where, data["categories"])
+    report = ValidationReport(ann_file=where, num_images=len(images))
+    data["annotations"] = _validate_annotations(where, data["annotations"], images, categories, report)
+    report.num_annotations = len(data["annotations"])
+    with_boxes = {a["image_id"] for a in data["annotations"] if not a.get("iscrowd", 0)}
+    report.num_negative_images = sum(1 for i in images if i not in with_boxes)
+
+    _check_file_names(where, Path(image_root), data["images"], check_files)
+    for line in report.warnings:
+        log.warning(line)
+    return data, report
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text; is this really a COCO JSON file? ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path}: expected a JSON object with images/annotations/categories, got {type(data).__name__}"
+        )
+    return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _raise_if(where: str, problems: list[str], what: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - MAX_IDS_SHOWN} more)" if len(problems) > MAX_IDS_SHOWN else ""
+        raise InputError(f"{where}: {what}: " + "; ".join(problems[:MAX_IDS_SHOWN]) + more)
+
+
+def _check_unique_ids(where: str, items: list[dict[str, Any]], kind: str) -> None:
+    seen: set[int] = set()
+    dups = []
+    for it in items:
+        if it["id"] in seen:
+            dups.append(it["id"])
+        seen.add(it["id"])
+    if dups:
+        raise InputError(
+            f"{where}: duplicate {kind} ids {_first_ids(sorted(set(dups)))}; every {kind} id must be unique"
+        )
+
+
+def _validate_images(where: str, images: list[Any]) -> dict[int, dict[str, Any]]:
+    """Check each image record's keys and types; returns image id -> record."""
+    problems = []
+    for n, img in enumerate(images):
+        if not isinstance(img, dict):
+            problems.append(f"images[{n}] is not an object")
+            continue
+        tag = f"image id {img.get('id')!r} (images[{n}])"
+        if not _is_int(img.get("id")):
+            problems.append(f"{tag}: 'id' must be an integer")
+        if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
+            problems.append(f"{tag}: 'file_name' must be a non-empty string")
+        for key in ("width", "height"):
+            v = img.get(key)
+            if not _is_int(v) or v <= 0:
+                problems.append(f"{tag}: {key!r} must be a positive integer, got {v!r}")
+    _raise_if(where, problems, "invalid image records")
+    _check_unique_ids(where, images, "image")
+    return {img["id"]: img for img in images}
+
+
+def _validate_categories(where: str, categories: list[Any]) -> dict[int, dict[str, Any]]:
+    problems = []
+    for n, cat in enumerate(categories):
+        if not isinstance(cat, dict):
+            problems.append(f"categories[{n}] is not an object")
+            continue
+        if not _is_int(cat.get("id")):
+            problems.append(f"categories[{n}]: 'id' must be an integer, got {cat.get('id')!r}")
+        if not isinstance(cat.get("name"), str):
+            problems.append(f"categories[{n}] (id {cat.get('id')!r}): 'name' must be a string")
+    _raise_if(where, problems, "invalid category records")
+    if not categories:
+        raise InputError(f"{where}: 'categories' is empty; a detector needs at least one category")
+    _check_unique_ids(where, categories, "category")
+    return {cat["id"]: cat for cat in categories}
+
+
+def _validate_annotations(
+    where: str,
+    annotations: list[Any],
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    report: ValidationReport,
+) -> list[dict[str, Any]]:
+    """Check structure (raising) and box geometry (repairing/dropping into `report`); returns the kept annotations."""
+    problems = []
+    for n, ann in enumerate(annotations):
+        problems.extend(_annotation_structure_problems(n, ann, images, categories))
+    _raise_if(where, problems, "invalid annotations")
+    _check_unique_ids(where, annotations, "annotation")
+
+    kept = []
+    for ann in annotations:
+        img = images[ann["image_id"]]
+        box = _check_box(ann, img["width"], img["height"], report)
+        if box is None:
+            continue
+        ann["bbox"] = box
+        if ann.get("iscrowd", 0):
+            report.num_crowd += 1
+        kept.append(ann)
+    return kept
+
+
+def _annotation_structure_problems(n: int, ann: Any, images: dict[int, Any], categories: dict[int, Any]) -> list[str]:
+    if not isinstance(ann, dict):
+        return [f"annotations[{n}] is not an object"]
+    tag = f"annotation id {ann.get('id')!r} (annotations[{n}])"
+    out = []
+    if not _is_int(ann.get("id")):
+        out.append(f"{tag}: 'id' must be an integer")
+    if not _is_int(ann.get("image_id")):
+        out.append(f"{tag}: 'image_id' must be an integer, got {ann.get('image_id')!r}")
+    elif ann["image_id"] not in images:
+        out.append(f"{tag}: unknown image_id {ann['image_id']} (not in 'images')")
+    if not _is_int(ann.get("category_id")):
+        out.append(f"{tag}: 'category_id' must be an integer, got {ann.get('category_id')!r}")
+    elif ann["category_id"] not in categories:
+        out.append(
+            f"{tag}: unknown category_id {ann['category_id']} (known: {sorted(categories)[:MAX_IDS_SHOWN]}); "
+            "add it to 'categories' or fix the annotation"
+        )
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) or v is None for v in bbox):
+        out.append(f"{tag}: 'bbox' must be a list of 4 numbers [x, y, width, height], got {bbox!r}")
+    if ann.get("iscrowd", 0) not in (0, 1, True, False):
+        out.append(f"{tag}: 'iscrowd' must be 0 or 1, got {ann.get('iscrowd')!r}")
+    return out
+
+
+def _check_box(ann: dict[str, Any], width: int, height: int, report: ValidationReport) -> list[float] | None:
+    """Return the (possibly clipped) COCO bbox, or None after recording why it was dropped.
+
+    `None` inside a bbox is how Python's json reads a NaN written by some tools as null, so it counts as NaN.
+    """
+    x, y, w, h = (math.nan if v is None else float(v) for v in ann["bbox"])
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        report.dropped_nonfinite.append(ann["id"])
+        return None
+    if w <= 0 or h <= 0:
+        report.dropped_nonpositive.append(ann["id"])
+        return None
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    tol_x = max(CLIP_TOLERANCE_PX, CLIP_TOLERANCE_FRAC * width)
+    tol_y = max(CLIP_TOLERANCE_PX, CLIP_TOLERANCE_FRAC * height)
+    if x1 < -tol_x or y1 < -tol_y or x2 > width + tol_x or y2 > height + tol_y:
+        report.dropped_far_outside.append(ann["id"])
+        return None
+    cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
+    cx2, cy2 = min(x2, float(width)), min(y2, float(height))
+    if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:  # entirely in the tolerance band: nothing of it is in the image
+        report.dropped_far_outside.append(ann["id"])
+        return None
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        report.clipped.append(ann["id"])
+    return [cx1, cy1, cx2 - cx1, cy2 - cy1]
+
+
+def _escapes_root(file_name: str) -> bool:
+    """True for absolute paths (POSIX or Windows style) and for any `..` component."""
+    if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
+        return True
+    if PureWindowsPath(file_name).drive:
+        return True
+    parts = file_name.replace("\\", "/").split("/")
+    return ".." in parts
+
+
+def _check_file_names(where: str, root: Path, images: list[dict[str, Any]], check_files: bool) -> None:
+    """Refuse names that leave `root`; optionally check that every image file exists."""
+    escaping = [f"{img['id']}: {img['file_name']!r}" for img in images if _escapes_root(img["file_name"])]
+    if escaping:
+        raise InputError(
+            f"{where}: file_name escapes the image root {root} (absolute path or '..') for image ids "
+            f"{_first_ids(escaping)}; make file names relative to the image root"
+        )
+    if not check_files:
+        return
+    if not root.is_dir():
+        raise InputError(f"{where}: image root {root} is not a directory")
+    missing = [f"{img['id']}: {img['file_name']}" for img in images if not (root / img["file_name"]).is_file()]
+    if missing:
+        raise InputError(
+            f"{where}: {len(missing)} image file(s) not found under {root}: {_first_ids(missing)}; "
+            "check the image root (--images / data.*.images) or remove those images from the JSON"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dataset
+
+
+class CocoDetection(Dataset):
+    """A COCO detection set as torchvision detectors want it.
+
+    `dataset[i]` returns `(image, target)`:
+      - `image`: float32 tensor `[3, H, W]` in [0, 1], not normalised (the detector's transform normalises);
+      - `target["boxes"]`: float32 `[N, 4]` xyxy in pixels of the transformed image, crowd boxes excluded;
+      - `target["labels"]`: int64 `[N]` contiguous labels (see `CategoryMap`);
+      - `target["image_id"]`: int, the COCO image id; `target["orig_size"]`: `(h, w)` of the original image;
+      - `target["scale"]`: `(sy, sx)` = transformed size / original size, present when the transform only resizes
+        (no transform, or `build_eval_transforms`); divide predicted boxes by it to get original coordinates.
+
+    `transforms(image_uint8_hwc, boxes_xyxy, labels) -> (image_tensor, boxes, labels)` (see `data.transforms`).
+
+    Bad images at training time: a file that fails to decode is logged, recorded in `self.skipped`
+    (path -> reason; per process, so with DataLoader workers the log is the complete record) and replaced by the
+    next index that decodes, so one corrupt file does not end a long run. Pass `skip_bad_images=False` (evaluation)
+    to raise `ImageLoadError` instead, since a substitute would be scored under the wrong image id.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike[str],
+        image_root: str | os.PathLike[str],
+        transforms: Any = None,
+        *,
+        category_map: CategoryMap | None = None,
+        check_files: bool = True,
+        skip_bad_images: bool = True,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.transforms = transforms
+        self.skip_bad_images = skip_bad_images
+        self.coco, self.report = load_coco_dataset(self.ann_file, self.image_root, check_files=check_files)
+        self.category_map = category_map or CategoryMap.from_categories(self.coco["categories"])
+        self._check_categories_mapped()
+        self.images = {img["id"]: img for img in self.coco["images"]}
+        self.image_ids: list[int] = sorted(self.images)
+        self.anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in self.image_ids}
+        for ann in self.coco["annotations"]:
+            self.anns_by_image[ann["image_id"]].append(ann)
+        self.skipped: dict[str, str] = {}
+
+    def _check_categories_mapped(self) -> None:
+        """A given map (from a checkpoint) must know every category this file uses, or labels would be wrong."""
+        used = {a["category_id"] for a in self.coco["annotations"]}
+        unknown = sorted(used - set(self.category_map.coco_ids))
+        if unknown:
+            raise InputError(
+                f"{self.ann_file}: category ids {unknown} are not in the model's categories "
+                f"{self.category_map.as_dict()}; train on matching categories"
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image from the JSON (no decoding), in `image_ids` order, for aspect grouping."""
+        return [self.images[i]["width"] / self.images[i]["height"] for i in self.image_ids]
+
+    def image_path(self, index: int) -> Path:
+        return self.image_root / self.images[self.image_ids[index]]["file_name"]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if not self.skip_bad_images:
+            return self._load_item(index)
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._load_item(i)
+            except ImageLoadError as e:
+                path = str(self.image_path(i))
+                if path not in self.skipped:
+                    log.warning("skipping bad image (using the next one instead): %s", e)
+                self.skipped[path] = str(e)
+        raise InputError(f"{self.ann_file}: no image in the dataset could be decoded; see the warnings above")
+
+    def _load_item(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        info = self.images[image_id]
+        pixels = self._load_pixels(index)
+        boxes, labels = self._targets(image_id)
+        orig_h, orig_w = pixels.shape[:2]
+        if (orig_w, orig_h) != (info["width"], info["height"]):
+            boxes = _rescale_boxes(boxes, (info["width"], info["height"]), (orig_w, orig_h))
+        image, boxes_t, labels_t, scale = self._apply_transforms(pixels, boxes, labels)
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes_t, dtype=np.float32)).reshape(-1, 4),
+            "labels": torch.as_tensor(np.asarray(labels_t, dtype=np.int64)).reshape(-1),
+            "image_id": int(image_id),
+            "orig_size": (int(orig_h), int(orig_w)),
+        }
+        if scale is not None:
+            target["scale"] = scale
+        return image, target
+
+    def _load_pixels(self, index: int) -> np.ndarray:
+        """Decode to uint8 HWC; undo the EXIF rotation when the JSON size matches the raw (unrotated) pixels."""
+        path = self.image_path(index)
+        info = self.images[self.image_ids[index]]
+        img = load_image(path)
+        expected = (info["width"], info["height"])
+        if img.size != expected and img.size == expected[::-1]:
+            raw = load_image(path, apply_exif=False)
+            if raw.size == expected:
+                return np.asarray(raw)
+        if img.size != expected:
+            log.warning(
+                "%s: image is %dx%d but %s says %dx%d (image id %d); rescaling its boxes",
+                path, *img.size, self.ann_file, *expected, info["id"],
+            )  # fmt: skip
+        return np.asarray(img)
+
+    def _targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Non-crowd boxes of an image as xyxy float32 plus their contiguous labels."""
+        anns = [a for a in self.anns_by_image[image_id] if not a.get("iscrowd", 0)]
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        labels = np.array([self.category_map.to_label(a["category_id"]) for a in anns], dtype=np.int64)
+        return boxes, labels
+
+    def _apply_transforms(
+        self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[torch.Tensor, Any, Any, tuple[float, float] | None]:
+        h, w = pixels.shape[:2]
+        if self.transforms is None:
+            return to_tensor(pixels), boxes, labels, (1.0, 1.0)
+        image, boxes_t, labels_t = self.transforms(pixels, boxes, labels)
+        scale = None
+        if getattr(self.transforms, "resize_only", False):
+            scale = (image.shape[-2] / h, image.shape[-1] / w)
+        return image, boxes_t, labels_t, scale
+
+    @staticmethod
+    def collate_fn(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Keep images as a list: detection images differ in size and torchvision batches them itself."""
+        images, targets = zip(*batch) if batch else ((), ())
+        return list(images), list(targets)
+
+
+def _rescale_boxes(boxes: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
+    """Map boxes annotated on an image of size `from_wh` onto the same image stored at `to_wh`."""
+    sx, sy = to_wh[0] / from_wh[0], to_wh[1] / from_wh[1]
+    return boxes * np.array([sx, sy, sx, sy], dtype=np.float32)

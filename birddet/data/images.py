@@ -1,0 +1,151 @@
+"""Read any image file a user is likely to have into one predictable form: an 8-bit RGB `PIL.Image`.
+
+Everything downstream (albumentations, the detector, the classifier) assumes 3 channels of uint8 in display
+orientation, so the odd cases are normalised here, once:
+
+- EXIF orientation is applied (`ImageOps.exif_transpose`), so a phone photo taken in portrait is portrait.
+- CMYK, YCbCr, LAB, HSV -> RGB through Pillow's converters.
+- Greyscale (`L`, `1`) -> RGB by repeating the channel.
+- 16-bit (`I;16*`) and 32-bit integer (`I`) images are scaled from the 0..65535 range to 0..255 (dividing by 257, so
+  65535 -> 255 exactly) instead of being clipped at 255, which would turn almost every pixel white. `I` is assumed to
+  hold 16-bit data because that is what Pillow gives for 16-bit TIFF/PNG variants; `F` (float) images are scaled from
+  0..1 when their maximum is at most 1, otherwise treated like 16-bit data.
+- Transparency (`RGBA`, `LA`, `PA`, `P` with a transparent colour) is composited on **white**: cut-out birds and
+  logos are usually made to be shown on a white page, and a black background would invent dark edges around them.
+
+Failures raise `ImageLoadError` (an `InputError`) naming the path and the reason: missing file, empty file, not an
+image, truncated or corrupt data, and images above `max_pixels` (checked from the header, before decoding, so a
+decompression bomb costs no memory). Pillow's global `LOAD_TRUNCATED_IMAGES` is never touched: a truncated file is an
+error the user should see, not a grey stripe the model silently trains on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from birddet.errors import InputError
+
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageLoadError", "load_image"]
+
+log = logging.getLogger(__name__)
+
+# Lower than Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS, about 179 Mpx) so that our clear message, not
+# Pillow's, is the one a user sees; still large enough for a 12000 x 12000 panorama.
+MAX_IMAGE_PIXELS: int = 150_000_000
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+_WHITE = (255, 255, 255)
+
+
+class ImageLoadError(InputError):
+    """An image file that cannot be turned into RGB pixels; the message names the file and the reason."""
+
+
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXELS, apply_exif: bool = True
+) -> Image.Image:
+    """Decode `path` fully and return it as an 8-bit RGB image in display orientation.
+
+    `apply_exif=False` keeps the stored pixel orientation; the dataset uses it for annotation files that were made
+    on the raw pixels (their width/height match the unrotated image).
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            # Our own size check below replaces Pillow's DecompressionBombWarning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(path, img.size, max_pixels)
+                img.load()  # decode everything now: a truncated file fails here, not deep inside a DataLoader
+                if apply_exif:
+                    img = _apply_exif_orientation(path, img)
+                return to_rgb8(img)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{path}: image too large to decode safely ({e}); resize it or raise max_pixels") from e
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(
+            f"{path}: not an image Pillow can read (is it really a {path.suffix or 'image'} file?); "
+            "re-save it as JPEG or PNG or remove it"
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated/corrupt data as OSError ("image file is truncated"), SyntaxError or ValueError.
+        raise ImageLoadError(f"{path}: corrupt or truncated image data ({e}); re-export or remove the file") from e
+
+
+def _check_file(path: Path) -> None:
+    """Give missing, non-regular and empty files their own message: they are the most common user mistakes."""
+    if not path.exists():
+        raise ImageLoadError(f"{path}: image file not found; check the path and the image root")
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes); the copy or download probably failed, fetch it again")
+
+
+def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse images whose header promises more pixels than `max_pixels`, before any pixel is decoded."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{path}: image header gives an empty size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageLoadError(
+            f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} "
+            "(a possible decompression bomb); downscale the image or raise max_pixels"
+        )
+
+
+def _apply_exif_orientation(path: Path, img: Image.Image) -> Image.Image:
+    """Rotate/flip per the EXIF orientation tag; a broken EXIF block only costs the rotation, not the image."""
+    try:
+        out = ImageOps.exif_transpose(img)
+    except Exception as e:  # noqa: BLE001 - any EXIF parser failure is survivable
+        log.warning("%s: ignoring unreadable EXIF orientation (%s)", path, e)
+        return img
+    return img if out is None else out
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Convert an image of any Pillow mode to 8-bit RGB (see the module docstring for the choices)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _high_bit_depth_to_rgb(img)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    elif mode in ("PA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    elif mode == "1":
+        img = img.convert("L")
+    if img.mode == "RGBA":
+        return _composite_on_white(img)
+    return img.convert("RGB")
+
+
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer or float greyscale to 0..255 rather than clipping (which whitens the image)."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        finite = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 255.0 / 65535.0
+        scaled = finite * scale
+    else:
+        scaled = arr.astype(np.float64) / 257.0
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    """Flatten transparency onto white (see module docstring for why white)."""
+    background = Image.new("RGBA", img.size, _WHITE + (255,))
+    return Image.alpha_composite(background, img).convert("RGB")

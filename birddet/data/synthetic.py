@@ -1,0 +1,270 @@
+"""A small generated COCO dataset of cartoon birds: the embedded default for smoke tests and the quickstart.
+
+It is meant to be *easy*: three classes that differ in colour and silhouette (red round songbird with a black
+head, blue long-legged wader with a long bill, yellow raptor with spread dark wings), birds 25-45 % of the image
+side, on muted textured backgrounds (gradient + smooth noise + grain + a few "branches"). A tiny detector trained for
+a few CPU minutes should reach AP50 >= 0.5, which makes the dataset a useful end-to-end check of training and eval.
+
+Each bird is drawn on its own transparent canvas, its alpha is thresholded, and the box is the exact extent of the
+pasted pixels, so there is no annotation noise. Generation is deterministic: every image has its own RNG seeded
+from `(seed, split, index)`, and files are written in a fixed order, so the same arguments give byte-identical JSON
+and identical pixels.
+
+Layout: `out_dir/train.json`, `out_dir/val.json`, `out_dir/images/{train,val}_NNNNNN.jpg` (file names relative to
+`out_dir/images`), plus `out_dir/.birddet_synthetic.json` recording the parameters (see `ensure_synthetic_coco`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["SYNTH_CATEGORIES", "ensure_synthetic_coco", "make_synthetic_coco"]
+
+SYNTH_CATEGORIES: list[dict[str, Any]] = [
+    {"id": 1, "name": "songbird", "supercategory": "bird"},
+    {"id": 2, "name": "wader", "supercategory": "bird"},
+    {"id": 3, "name": "raptor", "supercategory": "bird"},
+]
+
+#: Bumped whenever the drawing changes, so `ensure_synthetic_coco` regenerates old copies.
+GENERATOR_VERSION = 1
+MARKER_NAME = ".birddet_synthetic.json"
+_SPLIT_CODES = {"train": 0, "val": 1}
+#: Probability of 0, 1, 2, 3, 4 birds in an image (about one image in eight is a negative).
+_COUNT_PROBS = (0.12, 0.33, 0.25, 0.18, 0.12)
+#: Bird width as a fraction of the image's shorter side.
+_BIRD_FRAC = (0.25, 0.45)
+#: Largest IoU allowed between two birds, so none hides another.
+_MAX_IOU = 0.05
+_CANVAS = 200  # canonical drawing canvas (px); birds are drawn facing right around its centre
+
+
+def make_synthetic_coco(
+    out_dir: str | os.PathLike[str],
+    *,
+    num_train: int = 160,
+    num_val: int = 40,
+    image_size: Sequence[int] = (128, 192),
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write the dataset and return `{"train": train.json, "val": val.json, "images": image dir}`.
+
+    `image_size` is the `(min, max)` range for both height and width, each drawn independently per image.
+    """
+    lo, hi = int(image_size[0]), int(image_size[1])
+    if not 32 <= lo <= hi:
+        raise ValueError(f"image_size must be (min, max) with 32 <= min <= max, got {tuple(image_size)}")
+    if num_train < 0 or num_val < 0:
+        raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
+    out = Path(out_dir)
+    paths = _paths(out)
+    paths["images"].mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", num_train), ("val", num_val)):
+        coco = _make_split(split, count, (lo, hi), seed, paths["images"])
+        _write_text_atomic(paths[split], json.dumps(coco, indent=1) + "\n")
+    _write_text_atomic(out / MARKER_NAME, json.dumps(_params(num_train, num_val, (lo, hi), seed), indent=1) + "\n")
+    return paths
+
+
+def ensure_synthetic_coco(out_dir: str | os.PathLike[str], **kw: Any) -> dict[str, Path]:
+    """Return the dataset in `out_dir`, generating it only when missing or made with other parameters.
+
+    The marker file is written last, so an interrupted generation is redone next time. Accepts the keyword
+    arguments of `make_synthetic_coco`.
+    """
+    out = Path(out_dir)
+    num_train = int(kw.get("num_train", 160))
+    num_val = int(kw.get("num_val", 40))
+    size = tuple(int(v) for v in kw.get("image_size", (128, 192)))
+    seed = int(kw.get("seed", 0))
+    unknown = set(kw) - {"num_train", "num_val", "image_size", "seed"}
+    if unknown:
+        raise TypeError(f"ensure_synthetic_coco got unexpected arguments {sorted(unknown)}")
+    paths = _paths(out)
+    marker = out / MARKER_NAME
+    try:
+        current = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
+    if current == _params(num_train, num_val, size, seed) and paths["train"].is_file() and paths["val"].is_file():
+        return paths
+    return make_synthetic_coco(out, num_train=num_train, num_val=num_val, image_size=size, seed=seed)
+
+
+def _paths(out: Path) -> dict[str, Path]:
+    return {"train": out / "train.json", "val": out / "val.json", "images": out / "images"}
+
+
+def _params(num_train: int, num_val: int, image_size: tuple[int, ...], seed: int) -> dict[str, Any]:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(image_size),
+        "seed": seed,
+    }
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One split
+
+
+def _make_split(split: str, count: int, size_range: tuple[int, int], seed: int, image_dir: Path) -> dict[str, Any]:
+    images, annotations = [], []
+    for index in range(count):
+        rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
+        image, birds = _make_image(rng, size_range)
+        image_id = index + 1
+        file_name = f"{split}_{index:06d}.jpg"
+        image.save(image_dir / file_name, format="JPEG", quality=92)
+        images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
+        for category_id, (x, y, w, h) in birds:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": f"birddet synthetic birds ({split})", "version": str(GENERATOR_VERSION)},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(c) for c in SYNTH_CATEGORIES],
+    }
+
+
+def _make_image(rng: np.random.Generator, size_range: tuple[int, int]) -> tuple[Image.Image, list[tuple[int, tuple]]]:
+    """One background with 0-4 non-overlapping birds; returns the image and `(category_id, (x, y, w, h))` list."""
+    h, w = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+    image = _background(rng, h, w)
+    birds: list[tuple[int, tuple[int, int, int, int]]] = []
+    for _ in range(int(rng.choice(len(_COUNT_PROBS), p=_COUNT_PROBS))):
+        category_id = int(rng.integers(1, len(SYNTH_CATEGORIES) + 1))
+        sprite, mask = _bird_sprite(rng, category_id, min(h, w))
+        spot = _find_spot(rng, (sprite.width, sprite.height), (w, h), [b for _, b in birds])
+        if spot is None:
+            continue
+        image.paste(sprite, spot, mask)
+        birds.append((category_id, (spot[0], spot[1], sprite.width, sprite.height)))
+    return image, birds
+
+
+def _find_spot(
+    rng: np.random.Generator, sprite_wh: tuple[int, int], image_wh: tuple[int, int], taken: list[tuple[int, ...]]
+) -> tuple[int, int] | None:
+    """A top-left corner keeping the sprite inside the image and away from other birds, or None after 30 tries."""
+    sw, sh = sprite_wh
+    iw, ih = image_wh
+    if sw > iw or sh > ih:
+        return None
+    for _ in range(30):
+        x, y = int(rng.integers(0, iw - sw + 1)), int(rng.integers(0, ih - sh + 1))
+        if all(_iou((x, y, sw, sh), t) <= _MAX_IOU for t in taken):
+            return x, y
+    return None
+
+
+def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> Image.Image:
+    """Muted gradient + smooth blotches + grain + a few dark twigs: texture without anything bird-like."""
+    c0, c1 = (rng.uniform(60, 170, size=3) for _ in range(2))
+    c0 = c0 * 0.6 + c0.mean() * 0.4  # desaturate so the birds' saturated colours stand out
+    c1 = c1 * 0.6 + c1.mean() * 0.4
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (np.cos(angle) * xx / w + np.sin(angle) * yy / h + 1.0) / 2.0
+    base = c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]
+    coarse = Image.fromarray(rng.uniform(0, 255, size=(6, 6)).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    blotch = (np.asarray(coarse, dtype=np.float32) - 128.0) / 128.0 * 25.0
+    grain = rng.normal(0, 6, size=(h, w, 3))
+    pixels = np.clip(base + blotch[..., None] + grain, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(0, 4))):
+        x0, y0, x1, y1 = (int(v) for v in rng.uniform(0, 1, size=4) * [w, h, w, h])
+        shade = int(rng.integers(40, 80))
+        draw.line([(x0, y0), (x1, y1)], fill=(shade, shade - 10, shade - 25), width=int(rng.integers(1, 4)))
+    return image
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
+
+
+def _bird_sprite(rng: np.random.Generator, category_id: int, image_side: int) -> tuple[Image.Image, Image.Image]:
+    """Draw a bird, scale it to 25-45 % of `image_side` wide, randomly face it left; returns (RGB sprite, mask)."""
+    canvas = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
+    canvas = canvas.crop(canvas.getchannel("A").getbbox())
+    if rng.random() < 0.5:
+        canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
+    target_w = max(8, int(round(rng.uniform(*_BIRD_FRAC) * image_side)))
+    target_h = max(8, int(round(canvas.height * target_w / canvas.width)))
+    canvas = canvas.resize((target_w, target_h), Image.BILINEAR)
+    mask = canvas.getchannel("A").point(lambda a: 255 if a >= 128 else 0)
+    box = mask.getbbox()  # exact extent of the pixels that will be pasted
+    return canvas.convert("RGB").crop(box), mask.crop(box)
+
+
+def _draw_songbird(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    """Round red body, black head, short yellow beak, short dark tail."""
+    body = _jitter(rng, (215, 35, 35))
+    dark = _jitter(rng, (30, 25, 25), 10)
+    draw.polygon([(62, 100), (30, 88), (30, 112)], fill=dark + (255,))  # tail
+    draw.ellipse((55, 75, 135, 130), fill=body + (255,))
+    draw.ellipse((115, 62, 151, 98), fill=dark + (255,))  # head
+    draw.polygon([(149, 74), (166, 81), (149, 88)], fill=_jitter(rng, (240, 200, 40)) + (255,))  # beak
+
+
+def _draw_wader(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    """Slim blue body, white head on a neck, long dark bill, long orange legs (a tall silhouette)."""
+    body = _jitter(rng, (40, 110, 230))
+    legs = _jitter(rng, (240, 130, 30)) + (255,)
+    draw.line([(88, 108), (84, 178)], fill=legs, width=5)
+    draw.line([(104, 108), (110, 178)], fill=legs, width=5)
+    draw.polygon([(62, 88), (40, 80), (42, 96)], fill=body + (255,))  # tail
+    draw.ellipse((58, 78, 128, 112), fill=body + (255,))
+    draw.line([(118, 88), (128, 52)], fill=body + (255,), width=9)  # neck
+    draw.ellipse((118, 38, 142, 62), fill=_jitter(rng, (245, 245, 245), 8) + (255,))  # head
+    draw.polygon([(140, 46), (184, 52), (140, 54)], fill=_jitter(rng, (35, 35, 35), 10) + (255,))  # bill
+
+
+def _draw_raptor(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
+    """Yellow-brown body with broad dark spread wings and a fanned tail (a wide silhouette), white head."""
+    wing = _jitter(rng, (90, 50, 20)) + (255,)
+    body = _jitter(rng, (230, 175, 30))
+    draw.polygon([(100, 100), (18, 30), (26, 70), (70, 112)], fill=wing)  # far wing (raised)
+    draw.polygon([(100, 100), (182, 30), (174, 70), (130, 112)], fill=wing)  # near wing (raised)
+    draw.polygon([(78, 104), (50, 88), (50, 122)], fill=wing)  # tail fan
+    draw.ellipse((68, 88, 142, 122), fill=body + (255,))
+    draw.ellipse((128, 78, 158, 108), fill=_jitter(rng, (245, 245, 240), 8) + (255,))  # head
+    draw.polygon([(156, 88), (170, 94), (158, 102)], fill=_jitter(rng, (250, 215, 40)) + (255,))  # hooked beak
