@@ -56,7 +56,11 @@ def test_loaded_classifier_is_frozen_in_eval_mode_with_file_size_and_stats(class
 def test_crops_from_many_images_go_through_one_forward_pass(classifier_file: Path) -> None:
     clf = SpeciesClassifier.load(classifier_file, top_k=3)
     images = [torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8) for _ in range(3)]
-    boxes = [torch.tensor([[5.0, 5.0, 30.0, 40.0], [40.0, 10.0, 79.0, 59.0]]), torch.zeros((0, 4)), torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    boxes = [
+        torch.tensor([[5.0, 5.0, 30.0, 40.0], [40.0, 10.0, 79.0, 59.0]]),
+        torch.zeros((0, 4)),
+        torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+    ]
     out = clf.classify_images(images, boxes)
     assert clf.forward_calls == 1
     assert [len(r) for r in out] == [2, 0, 1]

@@ -1,0 +1,425 @@
+"""``birddet predict``: detect birds in many images, name their species, write MegaDetector/COCO/CSV outputs.
+
+Flow per batch of ``batch_size`` images: DataLoader workers decode files (EXIF orientation applied, every mode
+converted to 8-bit RGB, failures turned into a reason string) -> the detector runs on the batch -> every box with
+a score of at least ``classify_conf`` in the batch is cropped, and all crops go through the classifier in one pass
+-> :class:`ImageResult` per image. Boxes are in the pixels of the image as displayed.
+
+Long runs never lose finished work. Results are appended to ``OUT/progress.jsonl`` every ``checkpoint_every``
+images: the first line records the settings that shape results, each further line is one finished image
+(``ImageResult.to_dict``), written with a single ``write`` + ``fsync``; a line cut short by a crash is ignored on
+resume. ``--resume`` keeps every image that succeeded and **retries images that failed** (a file may have been
+fixed or finished copying since), after checking that the settings match. Ctrl-C writes the final output files
+for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
+finished folder only rewrites the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from birddet.data.images import load_image
+from birddet.engine.checkpoint import load_detector
+from birddet.errors import InputError
+from birddet.models.detector import BirdDetector
+from birddet.pipeline.sources import SourceImage, list_sources
+from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
+from birddet.pipeline.taxonomy import Taxonomy
+from birddet.pipeline.visualize import save_annotated
+from birddet.pipeline.writers import OUTPUT_NAMES, Detection, ImageResult, atomic_path, write_outputs
+
+__all__ = ["PROGRESS_NAME", "PredictOptions", "run_prediction"]
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_NAME = "progress.jsonl"
+PROGRESS_VERSION = 1
+
+
+@dataclass
+class PredictOptions:
+    """Every knob of a prediction run; the CLI fills it from its flags (see ``birddet predict --help``)."""
+
+    conf: float = 0.1
+    classifier: str | None = None
+    use_classifier: bool = True
+    classify_conf: float = 0.1
+    top_k: int = 5
+    taxon: str | None = None
+    species_list: str | None = None
+    common_names: str | None = None
+    rollup_threshold: float = 0.5
+    formats: list[str] = field(default_factory=lambda: ["megadetector", "coco", "csv"])
+    save_images: bool = False
+    batch_size: int = 4
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    resume: bool = False
+    checkpoint_every: int = 500
+
+    def validate(self) -> None:
+        """Reject impossible values before any model is loaded, so a typo costs nothing."""
+        for name in ("conf", "classify_conf", "rollup_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        for name, low in (("top_k", 1), ("batch_size", 1), ("workers", 0), ("checkpoint_every", 1)):
+            value = getattr(self, name)
+            if value < low:
+                raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if not self.formats:
+            raise InputError(f"--format names no output; choose from {', '.join(OUTPUT_NAMES)}")
+        unknown = [f for f in self.formats if f not in OUTPUT_NAMES]
+        if unknown:
+            raise InputError(f"unknown --format {', '.join(unknown)}; choose from {', '.join(OUTPUT_NAMES)}")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> the first GPU when there is one, else the CPU; ``cuda[:i]`` must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {spec}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) (cuda:0..)")
+    elif device.type != "cpu":
+        raise InputError(f"--device {spec!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+# -- image loading in worker processes -----------------------------------------------------------------------
+
+
+class ImageFiles(Dataset):
+    """Dataset over file paths -> ``(index, uint8 [3, H, W] tensor, None)`` or ``(index, None, failure reason)``.
+
+    Decoding happens in DataLoader workers; a bad file returns its reason instead of raising, because an
+    exception in a worker would end the whole run for one corrupt JPEG.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = load_image(self.paths[index])
+            return index, TF.pil_to_tensor(image), None
+        except InputError as exc:
+            return index, None, " ".join(str(exc).split())
+        except (OSError, ValueError, MemoryError, RuntimeError) as exc:  # anything Pillow/numpy may still raise
+            return index, None, f"{self.paths[index]}: cannot read image ({type(exc).__name__}: {exc})"
+
+
+def _collate(
+    batch: list[tuple[int, torch.Tensor | None, str | None]],
+) -> list[tuple[int, torch.Tensor | None, str | None]]:
+    return batch  # images differ in size; the detector takes a list
+
+
+# -- progress file -------------------------------------------------------------------------------------------
+
+
+class ProgressLog:
+    """Append-only record of finished images in ``OUT/progress.jsonl`` (see the module docstring)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+
+    def start(self, *, resume: bool) -> dict[str, ImageResult]:
+        """Open the log; with ``resume``, return the successful results it holds (keyed by absolute path).
+
+        The log is rewritten atomically with only what is kept, which also drops a torn last line, so appends
+        that follow always start on a clean line.
+        """
+        kept: dict[str, ImageResult] = {}
+        if resume and self.path.is_file():
+            kept = self._read()
+        elif resume:
+            logger.warning("--resume: no %s in %s yet; starting from the first image", self.path.name, self.path.parent)
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"birddet_progress": PROGRESS_VERSION, "settings": self.settings}) + "\n")
+            for r in kept.values():
+                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return kept
+
+    def _read(self) -> dict[str, ImageResult]:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("birddet_progress") != PROGRESS_VERSION:
+            raise InputError(f"{self.path} is not a birddet progress file; delete it or choose another --out")
+        old = header.get("settings", {})
+        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {self.settings.get(k)!r}" for k in changed)
+            raise InputError(
+                f"cannot --resume in {self.path.parent}: settings differ from the interrupted run ({detail}); "
+                "use the same options, or drop --resume to start again"
+            )
+        kept: dict[str, ImageResult] = {}
+        for lineno, line in enumerate(lines[1:], start=2):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                if lineno == len(lines):
+                    logger.warning("%s: ignoring a last line cut short by an interruption", self.path)
+                    continue
+                raise InputError(f"{self.path} line {lineno} is damaged; delete the file to start again") from None
+            result = ImageResult.from_dict(data)
+            if result.failure is None:  # failures are retried
+                kept[result.path] = result
+            else:
+                kept.pop(result.path, None)
+        return kept
+
+    def append(self, results: Sequence[ImageResult]) -> None:
+        """Append ``results`` in one write and fsync, so a kill loses at most this call's lines."""
+        if not results:
+            return
+        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one batch needs: models, options and where to write annotated images."""
+
+    detector: BirdDetector
+    classifier: SpeciesClassifier | None
+    options: PredictOptions
+    out_dir: Path
+
+    @property
+    def taxonomy(self) -> Taxonomy | None:
+        return None if self.classifier is None else self.classifier.taxonomy
+
+
+def _load_classifier(detector: BirdDetector, options: PredictOptions, device: torch.device) -> SpeciesClassifier | None:
+    """The explicit ``--classifier`` (errors are fatal), else the detector's own birder weights (errors warn)."""
+    if not options.use_classifier:
+        return None
+
+    def load(source: str) -> SpeciesClassifier:
+        return SpeciesClassifier.load(
+            source,
+            device=device,
+            common_names=options.common_names,
+            taxon=options.taxon,
+            species_list=options.species_list,
+            top_k=options.top_k,
+            rollup_threshold=options.rollup_threshold,
+            amp=options.amp,
+        )
+
+    if options.classifier:
+        return load(options.classifier)
+    source, why = default_classifier_source(detector.config.model.backbone.weights)
+    if source is not None:
+        try:
+            return load(source)
+        except InputError as exc:
+            if options.taxon or options.species_list or options.common_names:
+                raise  # the user asked for species options: a silent detection-only run would ignore them
+            why = f"the detector's backbone weights {source} cannot be used as a classifier ({exc})"
+    if options.taxon or options.species_list:
+        raise InputError(f"--taxon/--species-list need a species classifier, but {why}; pass --classifier SOURCE")
+    logger.warning("no species classifier: %s; writing detections with categories only", why)
+    return None
+
+
+def _process_batch(
+    run: _Run, batch: list[tuple[int, torch.Tensor | None, str | None]], items: Sequence[SourceImage]
+) -> list[ImageResult]:
+    """Detect in every readable image of the batch, classify all their crops in one pass, build the results."""
+    opts = run.options
+    results: dict[int, ImageResult] = {}
+    loaded = [(i, img) for i, img, _ in batch if img is not None]
+    for i, _img, reason in batch:
+        if reason is not None:
+            src = items[i]
+            results[i] = ImageResult(src.file, str(src.path), None, None, failure=reason)
+    if loaded:
+        predictions = run.detector.predict(
+            [img for _, img in loaded], conf=opts.conf, batch_size=len(loaded), amp=opts.amp
+        )
+        species: list[list[Any]] = [[] for _ in loaded]
+        if run.classifier is not None:
+            keep = [p.scores >= opts.classify_conf for p in predictions]
+            boxes = [p.boxes[k] for p, k in zip(predictions, keep, strict=True)]
+            per_image = run.classifier.classify_images([img for _, img in loaded], boxes)
+            for n, (k, found) in enumerate(zip(keep, per_image, strict=True)):
+                it = iter(found)
+                species[n] = [next(it) if flag else None for flag in k.tolist()]
+        for n, ((i, img), pred) in enumerate(zip(loaded, predictions, strict=True)):
+            src = items[i]
+            dets = []
+            for j, (box, score, cat, name) in enumerate(
+                zip(pred.boxes.tolist(), pred.scores.tolist(), pred.category_ids, pred.names, strict=True)
+            ):
+                sp = species[n][j] if species[n] else None
+                dets.append(
+                    Detection(
+                        box_xyxy=(box[0], box[1], box[2], box[3]),
+                        score=float(score),
+                        category_id=int(cat),
+                        category_name=name,
+                        classifications=sp.classifications if sp else [],
+                        rollup=sp.rollup if sp else None,
+                    )
+                )
+            height, width = img.shape[-2:]
+            results[i] = ImageResult(src.file, str(src.path), int(width), int(height), dets)
+            if opts.save_images:
+                _save_image(run, img, results[i])
+    return [results[i] for i, _, _ in batch]
+
+
+def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
+    """Annotated copy at ``OUT/images/<file>``; a failure here costs the picture, not the run."""
+    target = run.out_dir / "images" / result.file
+    if Image.registered_extensions().get(target.suffix.lower()) is None:
+        target = target.with_name(target.name + ".jpg")
+    try:
+        save_annotated(TF.to_pil_image(image), result.detections, target, run.taxonomy)
+    except (OSError, ValueError) as exc:
+        logger.warning("could not write annotated image %s: %s", target, exc)
+
+
+def _settings(checkpoint: Path, classifier: SpeciesClassifier | None, options: PredictOptions) -> dict[str, Any]:
+    """The options that change results: a resumed run must use the same ones or its outputs would be mixed."""
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "classifier": None if classifier is None else classifier.name,
+        "conf": options.conf,
+        "classify_conf": options.classify_conf,
+        "top_k": options.top_k,
+        "taxon": options.taxon,
+        "species_list": options.species_list,
+        "common_names": options.common_names,
+        "rollup_threshold": options.rollup_threshold,
+    }
+
+
+def run_prediction(
+    checkpoint: str | os.PathLike[str],
+    sources: Sequence[str | os.PathLike[str]],
+    out_dir: Path,
+    options: PredictOptions,
+) -> str:
+    """Run detection (+ classification) over ``sources`` and write the outputs into ``out_dir``.
+
+    Returns a one-line summary. Raises :class:`InputError` for bad input found before the run starts (missing or
+    unsafe checkpoint, missing source, bad option); unreadable images during the run become failure entries.
+    On KeyboardInterrupt the finished images are written to the output files, then the interrupt propagates.
+    """
+    started = time.perf_counter()
+    options.validate()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} exists and is not a folder")
+    checkpoint = Path(checkpoint)
+    device = resolve_device(options.device)
+    items = list_sources(sources)
+    detector = load_detector(checkpoint, device)
+    classifier = _load_classifier(detector, options, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    progress = ProgressLog(out_dir / PROGRESS_NAME, _settings(checkpoint, classifier, options))
+    done = progress.start(resume=options.resume)
+    finished: dict[str, ImageResult] = {}
+    for src in items:
+        previous = done.get(str(src.path))
+        if previous is not None:
+            previous.file = src.file  # names follow this run's sources
+            finished[str(src.path)] = previous
+    todo = [i for i, src in enumerate(items) if str(src.path) not in finished]
+    skipped = len(finished)
+
+    run = _Run(detector, classifier, options, out_dir)
+    loader = DataLoader(
+        ImageFiles([items[i].path for i in todo]),
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    pending: list[ImageResult] = []
+
+    def write_final() -> dict[str, Path]:
+        ordered = [finished[str(src.path)] for src in items if str(src.path) in finished]
+        return write_outputs(
+            out_dir,
+            ordered,
+            options.formats,
+            detection_categories=detector.categories,
+            taxonomy=run.taxonomy,
+            detector_name=checkpoint.name,
+            classifier_name=None if classifier is None else classifier.name,
+        )
+
+    try:
+        with tqdm(total=len(items), initial=skipped, unit="img", desc="predict", disable=None) as bar:
+            for batch in loader:
+                # Dataset indices are positions in `todo`; map them back to positions in `items`.
+                batch = [(todo[k], img, reason) for k, img, reason in batch]
+                for result in _process_batch(run, batch, items):
+                    finished[result.path] = result
+                    pending.append(result)
+                if len(pending) >= options.checkpoint_every:
+                    progress.append(pending)
+                    pending = []
+                bar.update(len(batch))
+    except KeyboardInterrupt:
+        progress.append(pending)
+        pending = []
+        write_final()
+        logger.warning("interrupted: wrote outputs for %d of %d images to %s", len(finished), len(items), out_dir)
+        raise
+    finally:
+        progress.append(pending)
+
+    written = write_final()
+    failed = sum(r.failure is not None for r in finished.values())
+    n_det = sum(len(r.detections) for r in finished.values())
+    n_cls = sum(bool(d.classifications) for r in finished.values() for d in r.detections)
+    elapsed = time.perf_counter() - started
+    new = len(todo)
+    rate = f", {new / elapsed:.2f} images/s" if new else ""
+    resumed = f" ({skipped} from an earlier run)" if skipped else ""
+    return (
+        f"{len(items)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
+        f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
+    )
