@@ -645,6 +645,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False) -> dict[str, Any]
     """
     ctx = D.init_distributed(cfg.train.device)
     try:
+        logger.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
         trainer = Trainer(cfg, Path(out_dir), resume=resume, ctx=ctx)
         summary = trainer.fit()
         if ctx.is_main:
