@@ -1,0 +1,68 @@
+"""Shared backbone fixtures: random ViT weights written in birder's real file format.
+
+Pretrained files cannot be downloaded in tests, so every backbone test builds its weights here: a preset's
+architecture with all parameters drawn from N(0, 0.05) (the zero-initialised classifier and register tokens would
+otherwise make logits trivially equal), saved with `save_birder_file` exactly as birder lays its files out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from birddet.backbone.presets import PRESETS
+from birddet.backbone.vit import ViT
+from birddet.backbone.weights import save_birder_file
+
+TINY_PRESET = "vit_reg4_tiny16_rms_avg"
+
+
+def _random_vit(
+    preset: str = TINY_PRESET, *, num_classes: int = 5, image_size: tuple[int, int] = (384, 384), seed: int = 0
+) -> ViT:
+    torch.manual_seed(seed)
+    net = ViT(PRESETS[preset], num_classes=num_classes, image_size=image_size)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.05)
+    return net.eval()
+
+
+MakeBirderFile = Callable[..., Path]
+
+
+@pytest.fixture
+def make_random_vit() -> Callable[..., ViT]:
+    """Factory: `make_random_vit(preset=..., num_classes=5, image_size=(384, 384), seed=0)` -> a preset's ViT in eval
+    mode with every parameter drawn from N(0, 0.05), deterministic in `seed`."""
+    return _random_vit
+
+
+@pytest.fixture
+def make_birder_file(tmp_path: Path) -> MakeBirderFile:
+    """Factory: `make_birder_file(name="tiny.pt", preset=..., num_classes=5, image_size=(384, 384), seed=0)` writes
+    random weights in birder's format (`.pt` or `.safetensors` by suffix) under `tmp_path` and returns the path."""
+
+    def make(
+        name: str = "tiny.pt",
+        *,
+        preset: str = TINY_PRESET,
+        num_classes: int = 5,
+        image_size: tuple[int, int] = (384, 384),
+        seed: int = 0,
+        rgb_stats: dict[str, list[float]] | None = None,
+    ) -> Path:
+        net = _random_vit(preset, num_classes=num_classes, image_size=image_size, seed=seed)
+        class_to_idx = {f"class_{i}": i for i in range(num_classes)}
+        return save_birder_file(net, tmp_path / name, class_to_idx=class_to_idx, rgb_stats=rgb_stats)
+
+    return make
+
+
+@pytest.fixture
+def tiny_birder_file(make_birder_file: MakeBirderFile) -> Path:
+    """Random tiny-preset weights (5 classes, trained size 384x384) as a birder `.pt` file."""
+    return make_birder_file()
