@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from test_species import AVES, write_tiny_classifier
 
 from birddet.cli import main
 from birddet.config import config_from_dict
@@ -28,7 +29,6 @@ from birddet.models.detector import BirdDetector, Prediction, build_detector
 from birddet.pipeline.predict import PROGRESS_NAME, PredictOptions, run_prediction
 from birddet.pipeline.species import SpeciesClassifier
 from birddet.pipeline.writers import CSV_COLUMNS
-from tests.test_species import AVES, write_tiny_classifier
 
 CATEGORIES = {5: "songbird", 17: "wader"}
 GOOD = ["rgb.jpg", "cmyk.jpg", "grey.png", "grey16.png", "rgba.png", "palette.png", "rotated.jpg", "sub/deep.JPG"]

@@ -11,7 +11,11 @@ images: the first line records the settings that shape results, each further lin
 resume. ``--resume`` keeps every image that succeeded and **retries images that failed** (a file may have been
 fixed or finished copying since), after checking that the settings match. Ctrl-C writes the final output files
 for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
-finished folder only rewrites the outputs.
+finished folder only rewrites the outputs; a run without ``--resume`` replaces an existing progress file.
+
+Detections of an image can depend slightly on which images share its batch (the detector pads a batch to its
+largest image, and the ViT attends over the padding), so a resumed run equals a clean one exactly only when
+batches are the same, e.g. with ``--batch-size 1`` or images of one size.
 """
 
 from __future__ import annotations

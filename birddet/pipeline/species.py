@@ -104,13 +104,15 @@ class SpeciesClassifier:
         top_k: int = 5,
         rollup_threshold: float = 0.5,
         amp: bool = False,
+        size: int | tuple[int, int] | None = None,
     ) -> SpeciesClassifier:
         """Load a birder classifier file or registered name; ``taxon`` and ``species_list`` both restrict.
 
-        When both are given the allowed set is their intersection (a species list for a region, further limited
+        ``size`` overrides the crop size (default: the size the file was trained at); a smaller size trades some
+        accuracy for speed, since the classifier's cost grows with the square of the side. When both are given the allowed set is their intersection (a species list for a region, further limited
         to birds); an empty intersection is an input error rather than a run that names nothing.
         """
-        net, info = load_backbone(source, device=device)
+        net, info = load_backbone(source, device=device, size=size)
         if info.num_classes <= 0 or not info.class_to_idx:
             raise WeightsError(
                 f"{source} has no classification head (it is a feature encoder); pass a species classifier such as "
