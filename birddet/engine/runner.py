@@ -217,7 +217,7 @@ def evaluate_checkpoint(
         write_json_atomic(results, out / "results.json")
         coco_gt = load_ground_truth(ann)
         result = evaluate(coco_gt, results)
-        write_report(result, out, coco_gt=coco_gt, results=results, plots=plots)
+        write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
         return result
     finally:
         D.barrier()
