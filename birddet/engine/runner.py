@@ -220,7 +220,6 @@ def evaluate_checkpoint(
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
         return result
     finally:
-        D.barrier()
         D.cleanup(ctx)
 
 
