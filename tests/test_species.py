@@ -124,3 +124,11 @@ def test_default_source_is_an_existing_file_or_a_cached_registered_name(
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
     assert default_classifier_source("vit_reg4_m16_rms_avg_i-jepa-inat21")[0] == "vit_reg4_m16_rms_avg_i-jepa-inat21"
+
+
+def test_crop_size_can_be_overridden_to_trade_accuracy_for_speed(classifier_file: Path) -> None:
+    clf = SpeciesClassifier.load(classifier_file, size=16)
+    assert clf.size == (16, 16)
+    crops = clf.crops(torch.zeros((3, 40, 40), dtype=torch.uint8), torch.tensor([[0.0, 0.0, 20.0, 20.0]]))
+    assert crops.shape == (1, 3, 16, 16)
+    assert len(clf.classify(crops)) == 1

@@ -74,6 +74,8 @@ class PredictOptions:
     amp: bool = False
     resume: bool = False
     checkpoint_every: int = 500
+    # Crop side for the classifier (a multiple of 16); None = the size the classifier file was trained at.
+    classifier_size: int | None = None
 
     def validate(self) -> None:
         """Reject impossible values before any model is loaded, so a typo costs nothing."""
@@ -248,6 +250,7 @@ def _load_classifier(detector: BirdDetector, options: PredictOptions, device: to
             top_k=options.top_k,
             rollup_threshold=options.rollup_threshold,
             amp=options.amp,
+            size=options.classifier_size,
         )
 
     if options.classifier:
@@ -336,6 +339,7 @@ def _settings(checkpoint: Path, classifier: SpeciesClassifier | None, options: P
         "species_list": options.species_list,
         "common_names": options.common_names,
         "rollup_threshold": options.rollup_threshold,
+        "classifier_size": options.classifier_size,
     }
 
 
