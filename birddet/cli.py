@@ -100,6 +100,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.1, help="lowest detection score written")
     p.add_argument("--classifier", default=None, help="birder classifier file or registered name")
     p.add_argument("--no-classifier", action="store_true", help="detection only")
+    p.add_argument(
+        "--classifier-size",
+        type=int,
+        default=None,
+        help="classifier crop side (multiple of 16); default: the size the classifier file was trained at",
+    )
     p.add_argument("--classify-conf", type=float, default=0.1, help="lowest detection score that gets classified")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--taxon", default=None, help="restrict species to a taxon (e.g. Aves), renormalising")
@@ -124,6 +130,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         conf=args.conf,
         classifier=args.classifier,
         use_classifier=not args.no_classifier,
+        classifier_size=args.classifier_size,
         classify_conf=args.classify_conf,
         top_k=args.top_k,
         taxon=args.taxon,
