@@ -72,10 +72,6 @@ def test_square_crop_box_is_square_and_inside_the_image_wherever_there_is_room()
         assert cx0 <= x0 + 0.5 and cy0 <= y0 + 0.5 and cx1 >= x1 - 0.5 and cy1 >= y1 - 0.5  # the box is inside
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="square_crop_box rounds a crop at the far border to zero width; fix: clamp ix0/iy0 to width-1/height-1",
-)
 def test_square_crop_box_of_subpixel_box_at_far_border_is_one_pixel() -> None:
     assert square_crop_box((999.9, 799.9, 1000, 800), (1000, 800)) == (999, 799, 1000, 800)
 

@@ -51,7 +51,8 @@ def square_crop_box(
     left = min(max(left, 0.0), max(width - side, 0.0))
     top = min(max(top, 0.0), max(height - side, 0.0))
     right, bottom = min(left + side, width), min(top + side, height)
-    ix0, iy0 = int(round(left)), int(round(top))
+    # Round the start inside the image: a sub-pixel box at the far border must still give a 1 px crop.
+    ix0, iy0 = min(int(round(left)), width - 1), min(int(round(top)), height - 1)
     ix1, iy1 = max(int(round(right)), ix0 + 1), max(int(round(bottom)), iy0 + 1)
     return ix0, iy0, min(ix1, width), min(iy1, height)
 
