@@ -80,16 +80,14 @@ def main() -> None:
     variants: dict[str, torch.nn.Module] = {}
     if not args.no_birder:
         variants["birder vitdet (4conv1fc, RPN depth 2, 1000 props)"] = birder_vitdet(state, args.size)
-    variants["birddet, vitdet settings (4conv1fc, depth 2, 1000)"] = birddet_variant(state, args.size, **vitdet_like)
-    variants["birddet, 2mlp head (depth 2, 1000)"] = birddet_variant(
+    variants["birddet with vitdet settings (4conv1fc, depth 2, 1000)"] = birddet_variant(
+        state, args.size, **vitdet_like
+    )
+    variants["+ 2mlp box head (depth 2, 1000)"] = birddet_variant(
         state, args.size, rpn={"conv_depth": 2, "post_nms_top_n_test": 1000}
     )
-    variants["birddet, 2mlp head, RPN depth 1 (1000)"] = birddet_variant(state, args.size)
-    variants["birddet default (2mlp, depth 1, 1000)"] = variants["birddet, 2mlp head, RPN depth 1 (1000)"]
-    variants["birddet, 2mlp, depth 1, 300 props"] = birddet_variant(
-        state, args.size, rpn={"post_nms_top_n_test": 300, "pre_nms_top_n_test": 300}
-    )
-    del variants["birddet default (2mlp, depth 1, 1000)"]  # same model as the line above; listed once
+    variants["+ RPN conv depth 1 (2mlp, 1000)"] = birddet_variant(state, args.size, rpn={"post_nms_top_n_test": 1000})
+    variants["+ 300 test proposals = birddet default"] = birddet_variant(state, args.size)
 
     torch.manual_seed(1)
     image01 = torch.rand(3, args.size, args.size, device=device)
@@ -121,8 +119,10 @@ def main() -> None:
             gflops = flops(call(name, model, dtype)) if dtype is None else float("nan")
             rows.append((dtype_name, name, statistics.median(times[name]), gflops))
 
-    print(f"\nDetector inference, {args.size}x{args.size}, batch 1, {args.threads} threads, device {device}, "
-          f"median of {args.repeats}\n")
+    print(
+        f"\nDetector inference, {args.size}x{args.size}, batch 1, {args.threads} threads, device {device}, "
+        f"median of {args.repeats}\n"
+    )
     print("| dtype | variant | latency (s) | vs birder | GFLOPs |")
     print("|---|---|---:|---:|---:|")
     for dtype_name, name, median, gflops in rows:
