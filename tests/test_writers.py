@@ -10,13 +10,13 @@ import pytest
 from pycocotools.coco import COCO
 
 from birddet.errors import InputError
+from birddet.fileio import atomic_path
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
 from birddet.pipeline.writers import (
     CSV_COLUMNS,
     Classification,
     Detection,
     ImageResult,
-    atomic_path,
     write_coco_json,
     write_megadetector_json,
     write_outputs,

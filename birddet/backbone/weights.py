@@ -15,7 +15,6 @@ import os
 import pickle
 import urllib.error
 import urllib.request
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from birddet.backbone.presets import find_preset, get_preset
 from birddet.backbone.vit import ViT, ViTConfig
 from birddet.errors import WeightsError
+from birddet.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -160,26 +160,22 @@ def download_weights(name: str, *, cache: Path | None = None, progress: bool = T
         if sha256_of(dest) == spec.sha256:
             return dest
         logger.warning("cached %s has the wrong sha256; downloading it again", dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.partial")
     url = spec.url
     try:
-        _download(url, tmp, progress=progress, timeout=timeout, expected_mb=spec.size_mb)
-        digest = sha256_of(tmp)
-        if digest != spec.sha256:
-            raise WeightsError(
-                f"downloaded {url} but its sha256 is {digest}, expected {spec.sha256}; the file was discarded, "
-                "try again (a proxy or a partial transfer can corrupt it)"
-            )
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:  # a broken or interrupted download never looks like a cached file
+            _download(url, tmp, progress=progress, timeout=timeout, expected_mb=spec.size_mb)
+            digest = sha256_of(tmp)
+            if digest != spec.sha256:
+                raise WeightsError(
+                    f"downloaded {url} but its sha256 is {digest}, expected {spec.sha256}; the file was discarded, "
+                    "try again (a proxy or a partial transfer can corrupt it)"
+                )
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise WeightsError(
             f"could not download weights {name!r} from {url} ({err}). If this machine is offline, download that "
             f"file elsewhere and put it at {dest} (sha256 {spec.sha256}), or pass the file's path instead of the "
             f"name; set ${CACHE_ENV} to use another cache folder"
         ) from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -305,32 +301,30 @@ def save_birder_file(
         "outputs": [{"data_shape": [0, net.num_classes]}],
     }
     task = "image_classification"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        meta = {
-            "birder_version": birder_version,
-            "task": task,
-            "class_to_idx": json.dumps(class_to_idx),
-            "signature": json.dumps(signature),
-            "rgb_stats": json.dumps(rgb_stats),
-        }
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    else:
-        torch.save(
-            {
-                "state": net.state_dict(),
+            meta = {
                 "birder_version": birder_version,
                 "task": task,
-                "signature": signature,
-                "class_to_idx": class_to_idx,
-                "rgb_stats": rgb_stats,
-            },
-            tmp,
-        )
-    os.replace(tmp, path)
+                "class_to_idx": json.dumps(class_to_idx),
+                "signature": json.dumps(signature),
+                "rgb_stats": json.dumps(rgb_stats),
+            }
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+        else:
+            torch.save(
+                {
+                    "state": net.state_dict(),
+                    "birder_version": birder_version,
+                    "task": task,
+                    "signature": signature,
+                    "class_to_idx": class_to_idx,
+                    "rgb_stats": rgb_stats,
+                },
+                tmp,
+            )
     return path
 
 

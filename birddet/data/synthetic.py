@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from birddet.fileio import atomic_write_text
+
 __all__ = ["SYNTH_CATEGORIES", "ensure_synthetic_coco", "make_synthetic_coco"]
 
 SYNTH_CATEGORIES: list[dict[str, Any]] = [
@@ -68,8 +70,8 @@ def make_synthetic_coco(
     paths["images"].mkdir(parents=True, exist_ok=True)
     for split, count in (("train", num_train), ("val", num_val)):
         coco = _make_split(split, count, (lo, hi), seed, paths["images"])
-        _write_text_atomic(paths[split], json.dumps(coco, indent=1) + "\n")
-    _write_text_atomic(out / MARKER_NAME, json.dumps(_params(num_train, num_val, (lo, hi), seed), indent=1) + "\n")
+        atomic_write_text(paths[split], json.dumps(coco, indent=1) + "\n")
+    atomic_write_text(out / MARKER_NAME, json.dumps(_params(num_train, num_val, (lo, hi), seed), indent=1) + "\n")
     return paths
 
 
@@ -110,12 +112,6 @@ def _params(num_train: int, num_val: int, image_size: tuple[int, ...], seed: int
         "image_size": list(image_size),
         "seed": seed,
     }
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

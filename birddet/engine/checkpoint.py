@@ -7,9 +7,7 @@ best AP). A checkpoint alone rebuilds its model: the backbone weights file named
 
 from __future__ import annotations
 
-import os
 import pickle
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,23 +17,8 @@ import torch
 from birddet import __version__
 from birddet.config import Config, config_from_dict, config_to_dict
 from birddet.errors import InputError
+from birddet.fileio import atomic_torch_save
 from birddet.models.detector import BirdDetector, build_detector
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_checkpoint(

@@ -11,8 +11,6 @@ import csv
 import json
 import logging
 import math
-import os
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from birddet.engine.evaluator import STAT_NAMES, EvalResult
+from birddet.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +69,6 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    """Readers (a dashboard, a resumed run) see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def metrics_dict(result: EvalResult) -> dict[str, Any]:
     """`{"stats": {...}, "per_class": [...]}` with plain Python numbers (numpy floats are not JSON)."""
     return {
@@ -98,7 +82,7 @@ def metrics_dict(result: EvalResult) -> dict[str, Any]:
 
 def write_metrics_json(result: EvalResult, path: str | Path) -> Path:
     """Write `metrics.json` atomically (temp file + `os.replace`)."""
-    return _write_text_atomic(json.dumps(metrics_dict(result), indent=2) + "\n", Path(path))
+    return atomic_write_text(path, json.dumps(metrics_dict(result), indent=2) + "\n")
 
 
 def write_per_class_csv(result: EvalResult, path: str | Path) -> Path:
@@ -110,7 +94,7 @@ def write_per_class_csv(result: EvalResult, path: str | Path) -> Path:
     writer.writeheader()
     for r in result.per_class:
         writer.writerow({k: r[k] for k in PER_CLASS_FIELDS})
-    return _write_text_atomic(buf.getvalue(), Path(path))
+    return atomic_write_text(path, buf.getvalue())
 
 
 # -- precision/recall curves ----------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from birddet.engine import distributed as D
 from birddet.errors import InputError
+from birddet.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -128,22 +127,6 @@ def run_detector(
     return D.gather_lists(results)
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """JSON to a temporary file beside `path`, then rename: readers never see half a results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _gt_categories(ann: str | Path) -> dict[int, str]:
     """Category ids and names of a COCO file, read cheaply (full validation happens in `CocoDetection`)."""
     path = Path(ann)
@@ -214,7 +197,7 @@ def evaluate_checkpoint(
         if not ctx.is_main:
             return None
         out = Path(out_dir)
-        write_json_atomic(results, out / "results.json")
+        atomic_write_json(out / "results.json", results)
         coco_gt = load_ground_truth(ann)
         result = evaluate(coco_gt, results)
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)

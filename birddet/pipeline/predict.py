@@ -38,12 +38,13 @@ from tqdm import tqdm
 from birddet.data.images import load_image
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
+from birddet.fileio import atomic_path
 from birddet.models.detector import BirdDetector
 from birddet.pipeline.sources import SourceImage, list_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
 from birddet.pipeline.visualize import save_annotated
-from birddet.pipeline.writers import OUTPUT_NAMES, Detection, ImageResult, atomic_path, write_outputs
+from birddet.pipeline.writers import OUTPUT_NAMES, Detection, ImageResult, write_outputs
 
 __all__ = ["PROGRESS_NAME", "PredictOptions", "run_prediction"]
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from birddet.fileio import atomic_path
 from birddet.pipeline.taxonomy import Taxonomy
-from birddet.pipeline.writers import Detection, atomic_path
+from birddet.pipeline.writers import Detection
 
 # Tableau-like palette: distinct hues that stay visible on foliage, sky and snow.
 PALETTE: tuple[tuple[int, int, int], ...] = (

@@ -12,19 +12,18 @@ truncated file where a good one was.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from birddet.errors import InputError
+from birddet.fileio import atomic_write_text
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
 
 MEGADETECTOR_FORMAT_VERSION = "1.4"
@@ -157,34 +156,6 @@ class ImageResult:
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success it replaces ``path`` in one ``os.replace``.
-
-    Same folder so the rename never crosses file systems; same suffix so tools that pick a format from the
-    extension (PIL) still work. On error the temp file is removed and the old target is left untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return Path(path)
 
 
 def _now() -> str:
@@ -334,7 +305,7 @@ def write_megadetector_json(
         detector_metadata=detector_metadata,
         classifier_metadata=classifier_metadata,
     )
-    return _write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 # -- COCO --------------------------------------------------------------------------------------------------
@@ -396,7 +367,7 @@ def write_coco_json(
     ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
     """
     data = coco_dict(results, categories=categories, taxonomy=taxonomy)
-    return _write_text_atomic(path, json.dumps(data, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(data, ensure_ascii=False) + "\n")
 
 
 # -- CSV ---------------------------------------------------------------------------------------------------
@@ -443,7 +414,7 @@ def write_predictions_csv(
                     "",
                 ]
             )
-    return _write_text_atomic(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 # -- all formats -------------------------------------------------------------------------------------------
