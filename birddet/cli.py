@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from birddet import __version__
-from birddet.errors import InputError
+from birddet.errors import InputError, RunStopped
 
 logger = logging.getLogger("birddet")
 
@@ -32,7 +32,13 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # config errors before the heavier imports
     from birddet.engine.trainer import train
 
-    train(cfg, Path(args.out), resume=args.resume)
+    summary = train(cfg, Path(args.out), resume=args.resume)
+    if summary.get("best_epoch") is not None:
+        stats = summary.get("best_stats", {})
+        print(
+            f"best val AP {summary['best_ap']:.4f} (AP50 {stats.get('AP50', float('nan')):.4f}) at epoch "
+            f"{summary['best_epoch']}; run folder {summary['out_dir']}"
+        )
     return 0
 
 
@@ -195,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split())
         print(f"birddet: error: {message}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        message = " ".join(str(err).split())
+        print(f"birddet: stopped: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("birddet: interrupted; finished work was kept on disk", file=sys.stderr)
         return 130

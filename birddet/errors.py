@@ -11,5 +11,12 @@ class InputError(ValueError):
     """Bad user input; the message says what is wrong, where, and how to fix it."""
 
 
+class RunStopped(RuntimeError):
+    """A run stopped for a reason we can explain (e.g. a non-finite loss): one line on stderr, exit code 1.
+
+    Not bad input, so not exit code 2, but no traceback either: the message says what happened and what to try.
+    """
+
+
 class WeightsError(InputError):
     """A weights file that cannot be used: truncated, wrong architecture, missing or extra keys, unsafe pickle."""

@@ -87,3 +87,18 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("birddet: error:") and "trian" in err and len(err.splitlines()) == 1
+
+
+def test_cli_stopped_run_exits_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import birddet.engine.trainer as trainer
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise trainer.NonFiniteLossError("loss_box_reg is nan at step 12;\nlower train.lr or set train.grad_clip")
+
+    monkeypatch.setattr(trainer, "train", explode)
+    code = main(["train", str(REPO / "configs" / "quickstart.yaml"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("birddet: stopped:") and "step 12" in err and len(err.splitlines()) == 1

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from birddet.config import Config, config_to_dict, save_config
 from birddet.engine import distributed as D
 from birddet.engine.optim import build_optimizer, build_scheduler
-from birddet.errors import InputError
+from birddet.errors import InputError, RunStopped
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ BEST = "best.pt"
 RESUME_IGNORED_KEYS = {("data", "workers")}
 
 
-class NonFiniteLossError(InputError):
+class NonFiniteLossError(RunStopped):
     """The loss became NaN or infinite: the run stops, keeping the last good `last.pt`.
 
     An `InputError` because the fix is in the config (a lower `train.lr`, `train.grad_clip`, fp32 instead of fp16),
