@@ -13,7 +13,7 @@ import torch
 from birddet.config import config_from_dict
 from birddet.data.synthetic import make_synthetic_coco
 from birddet.engine.trainer import NonFiniteLossError, train
-from birddet.errors import InputError
+from birddet.errors import InputError, RunStopped
 from birddet.models.detector import BirdDetector
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -140,7 +140,7 @@ def test_non_finite_loss_stops_naming_step_and_part_and_keeps_last_pt(data_dir, 
         train(cfg, run)
     message = str(err.value)
     assert "step 3" in message and "loss_box_reg" in message and "train.lr" in message
-    assert isinstance(err.value, InputError)
+    assert isinstance(err.value, RunStopped)  # the CLI prints it on one line and exits 1
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert (ckpt["training"]["epoch"], ckpt["training"]["step"]) == (1, 2)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
