@@ -88,6 +88,9 @@ class ModelConfig:
     image_size: int = 640
     min_size: int | None = None
     max_size: int | None = None
+    # Pad every image to image_size x image_size, as ViTDet does: the ViT then sees the same token grid whatever
+    # an image's batch mates are, so a detection never depends on batching. Applies when min/max_size are null.
+    fixed_square: bool = True
     # Normalisation; null takes the backbone file's rgb_stats (filled in when the model is built).
     rgb_stats: dict[str, list[float]] | None = None
 

@@ -196,3 +196,18 @@ def test_truncated_and_foreign_checkpoints_are_explained(tmp_path: Path) -> None
         read_checkpoint(foreign)
     with pytest.raises(InputError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_detections_do_not_depend_on_batch_mates() -> None:
+    det = tiny_detector().eval()
+    g = torch.Generator().manual_seed(3)
+    wide, tall = torch.rand(3, 90, 128, generator=g), torch.rand(3, 128, 70, generator=g)
+    alone = det.predict(wide, conf=0.0)[0]
+    batched = det.predict([tall, wide], conf=0.0, batch_size=2)[1]
+    torch.testing.assert_close(alone.boxes, batched.boxes)
+    torch.testing.assert_close(alone.scores, batched.scores)
+
+
+def test_fixed_square_needs_a_multiple_of_32() -> None:
+    with pytest.raises(InputError, match="multiple of 32"):
+        tiny_detector(image_size=120)

@@ -211,6 +211,9 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         raise InputError("the detector needs at least one category; the dataset's 'categories' list is empty")
     cfg = copy.deepcopy(cfg)
     m = cfg.model
+    square = m.fixed_square and m.min_size is None and m.max_size is None
+    if square and m.image_size % 32:
+        raise InputError(f"model.image_size must be a multiple of 32 for a fixed square input, got {m.image_size}")
     body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
     m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
     p = m.pyramid
@@ -236,6 +239,9 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
     box_head, rep = _box_head(cfg, p.out_channels)
     min_size = m.min_size or m.image_size
     max_size = m.max_size or m.image_size
+    # torchvision pads a batch up to a multiple of size_divisible; with the longest side resized to image_size,
+    # a divisor of image_size itself pads every image to the same square.
+    size_divisible = m.image_size if square else 32
     model = FasterRCNN(
         ViTDetBackbone(body, pyramid),
         num_classes=None,
@@ -265,5 +271,6 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         box_bg_iou_thresh=rh.bg_iou_thresh,
         box_batch_size_per_image=rh.batch_size_per_image,
         box_positive_fraction=rh.positive_fraction,
+        size_divisible=size_divisible,
     )
     return BirdDetector(model, categories, cfg)
