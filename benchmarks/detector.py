@@ -4,7 +4,8 @@
 
 Every variant runs in this process on the same 640x640 input, interleaved round by round so that machine noise
 hits them alike; medians are reported with the ratio to birder. The variants isolate each design difference:
-box head (torchvision's TwoMLPHead vs ViTDet's 4conv1fc), RPN conv depth, and test-time proposal count. FLOPs are
+box head (torchvision's TwoMLPHead vs ViTDet's 4conv1fc), RPN conv depth, test-time proposal count, and the
+attention kernel (fused scaled-dot-product attention vs the unfused math path). FLOPs are
 counted with `torch.utils.flop_counter.FlopCounterMode` (matmul/conv FLOPs, 2 per multiply-add).
 """
 
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from birddet.backbone.presets import get_preset
@@ -24,6 +26,13 @@ from birddet.config import config_from_dict
 from birddet.models.detector import BirdDetector, build_detector
 
 CATEGORIES = {1: "bird"}
+MATH_ATTENTION = "birddet default, math attention instead of fused SDPA"
+ALL_ATTENTION_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
 def birddet_variant(body_state: dict[str, torch.Tensor], size: int, **model: dict) -> BirdDetector:
@@ -88,6 +97,8 @@ def main() -> None:
     )
     variants["+ RPN conv depth 1 (2mlp, 1000)"] = birddet_variant(state, args.size, rpn={"post_nms_top_n_test": 1000})
     variants["+ 300 test proposals = birddet default"] = birddet_variant(state, args.size)
+    # Same model with PyTorch's unfused (math) attention instead of the fused SDPA kernel.
+    variants[MATH_ATTENTION] = variants["+ 300 test proposals = birddet default"]
 
     torch.manual_seed(1)
     image01 = torch.rand(3, args.size, args.size, device=device)
@@ -96,8 +107,14 @@ def main() -> None:
     normalised = ((image01 - mean) / std).unsqueeze(0)
 
     def call(name: str, model: torch.nn.Module, dtype: torch.dtype | None) -> Callable[[], object]:
+        backends = [SDPBackend.MATH] if name == MATH_ATTENTION else ALL_ATTENTION_BACKENDS
+
         def run() -> object:
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+                sdpa_kernel(backends),
+            ):
                 if name.startswith("birder "):
                     return model(normalised)  # birder's detectors take normalised tensors
                 return model([image01])  # torchvision's transform normalises (and resizes to the same size)
