@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from birddet.engine import distributed as D
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
+from birddet.models.detector import coco_results
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +65,8 @@ def to_coco_results(
     boxes[:, 1::2] *= oh / h
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
-    boxes[:, 2:] -= boxes[:, :2]
-    image_id = _image_id(target)
-    return [
-        {
-            "image_id": image_id,
-            "category_id": int(label_to_category[int(label)]),
-            "bbox": [round(float(v), 3) for v in box],
-            "score": round(float(score), 5),
-        }
-        for box, label, score in zip(boxes.tolist(), output["labels"].tolist(), output["scores"].tolist())
-    ]
+    categories = [label_to_category[int(label)] for label in output["labels"].tolist()]
+    return coco_results(_image_id(target), boxes, output["scores"].cpu(), categories)
 
 
 @torch.no_grad()

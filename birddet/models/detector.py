@@ -69,10 +69,19 @@ class Prediction:
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results entries `{image_id, category_id, bbox, score}`."""
-        return [
-            {"image_id": image_id, "category_id": c, "bbox": [round(float(v), 3) for v in box], "score": float(s)}
-            for box, s, c in zip(self.boxes_xywh().tolist(), self.scores.tolist(), self.category_ids)
-        ]
+        return coco_results(image_id, self.boxes, self.scores, self.category_ids)
+
+
+def coco_results(
+    image_id: int, boxes_xyxy: torch.Tensor, scores: torch.Tensor, category_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Detections as COCO results entries: `bbox` is [x, y, width, height] in pixels."""
+    xywh = boxes_xyxy.float().clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    return [
+        {"image_id": image_id, "category_id": int(c), "bbox": [round(v, 3) for v in box], "score": round(s, 5)}
+        for box, s, c in zip(xywh.tolist(), scores.float().tolist(), category_ids)
+    ]
 
 
 ImageInput = Image.Image | torch.Tensor | str | os.PathLike
