@@ -211,3 +211,28 @@ def test_detections_do_not_depend_on_batch_mates() -> None:
 def test_fixed_square_needs_a_multiple_of_32() -> None:
     with pytest.raises(InputError, match="multiple of 32"):
         tiny_detector(image_size=120)
+
+
+@pytest.mark.parametrize("wh", [(1280, 720), (720, 1280), (1500, 500)])
+def test_reloaded_detector_gives_the_same_detections_whatever_it_saw_first(tmp_path: Path, wh: tuple[int, int]) -> None:
+    # torchvision's RoI pooler used to infer its level scales from the first batch: a fresh model whose first
+    # image was 16:9 pooled from the wrong level for the rest of its life.
+    ckpt = save_checkpoint(tmp_path / "det.pt", tiny_detector())
+    g = torch.Generator().manual_seed(4)
+    photo = torch.rand(3, wh[1], wh[0], generator=g)
+    fresh = load_detector(ckpt).predict(photo, conf=0.0)[0]
+    warmed = load_detector(ckpt)
+    warmed.predict(torch.rand(3, 128, 128, generator=g), conf=0.0)
+    after_square = warmed.predict(photo, conf=0.0)[0]
+    assert len(fresh.scores) > 0
+    torch.testing.assert_close(fresh.boxes, after_square.boxes)
+    torch.testing.assert_close(fresh.scores, after_square.scores)
+    assert fresh.image_size == wh
+    assert fresh.boxes[:, 2].max() <= wh[0] and fresh.boxes[:, 3].max() <= wh[1]
+
+
+def test_roi_pooler_scales_come_from_the_pyramid_strides() -> None:
+    pool = tiny_detector().model.roi_heads.box_roi_pool
+    assert pool.featmap_names == ["p2", "p3", "p4", "p5"]
+    assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert (pool.map_levels.k_min, pool.map_levels.k_max) == (2, 5)

@@ -8,6 +8,7 @@ Everything after the pyramid is torchvision's (`FasterRCNN`, `RPNHead`, `AnchorG
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 from torchvision.transforms.v2 import functional as TF
 
 from birddet.backbone.presets import get_preset
@@ -210,6 +212,25 @@ def _box_head(cfg: Config, channels: int) -> tuple[nn.Module, int]:
     raise InputError(f"model.roi_heads.box_head must be '2mlp' or '4conv1fc', got {rh.box_head!r}")
 
 
+def fixed_scale_roi_align(strides: dict[str, int], output_size: int, sampling_ratio: int) -> MultiScaleRoIAlign:
+    """torchvision's `MultiScaleRoIAlign` with its level scales set from the pyramid's strides.
+
+    Left alone, the pooler infers the scales from the first batch it sees (feature size over the largest unpadded
+    image size) and caches them. With our padding to a fixed square, a landscape first batch makes it read the
+    stride-8 level of a 192x108 image as stride 4, and every later batch is pooled from the wrong place. The
+    strides are known when the detector is built, so the answer never depends on what the model saw first.
+    """
+    pool = MultiScaleRoIAlign(list(strides), output_size=output_size, sampling_ratio=sampling_ratio)
+    levels = [int(math.log2(s)) for s in strides.values()]
+    if any(2**k != s for k, s in zip(levels, strides.values())) or levels != list(range(levels[0], levels[-1] + 1)):
+        raise InputError(f"RoI pooling needs pyramid strides that double level by level, got {dict(strides)}")
+    pool.scales = [1.0 / s for s in strides.values()]
+    pool.map_levels = initLevelMapper(
+        levels[0], levels[-1], canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level
+    )
+    return pool
+
+
 def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: bool = True) -> BirdDetector:
     """Assemble the detector described by `cfg` for the given COCO categories (id -> name).
 
@@ -270,7 +291,9 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         rpn_batch_size_per_image=m.rpn.batch_size_per_image,
         rpn_positive_fraction=m.rpn.positive_fraction,
         rpn_score_thresh=m.rpn.score_thresh,
-        box_roi_pool=MultiScaleRoIAlign(roi_levels, output_size=rh.roi_output_size, sampling_ratio=rh.sampling_ratio),
+        box_roi_pool=fixed_scale_roi_align(
+            {name: pyramid.strides[name] for name in roi_levels}, rh.roi_output_size, rh.sampling_ratio
+        ),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(rep, len(categories) + 1),
         box_score_thresh=rh.score_thresh,
