@@ -158,11 +158,34 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="generate the synthetic COCO dataset (the embedded default)")
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic COCO bird dataset (square quickstart set, realistic photos, dense surveys)",
+        description="Generate a synthetic COCO bird dataset. A preset sets every option; the flags replace one each.",
+    )
     p.add_argument("out_dir")
     p.add_argument("--images", type=int, default=200, help="number of images (a fifth go to val)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="square", help="square (default), realistic or dense")
+    p.add_argument(
+        "--size", type=int, nargs=2, metavar=("MIN", "MAX"), help="side range in px (long side with --aspect)"
+    )
+    p.add_argument("--aspect", default=None, help="width:height choices, e.g. 16:9,4:3,3:4")
+    p.add_argument("--bird-frac", type=float, nargs=2, metavar=("MIN", "MAX"), help="bird width / shorter side")
+    p.add_argument("--birds", type=int, nargs=2, metavar=("MIN", "MAX"), help="birds per image")
+    p.add_argument("--exif", type=float, default=None, help="share of EXIF-rotated JPEGs (0..1)")
     p.set_defaults(func=_run_synth)
+
+
+def _parse_aspects(text: str) -> list[float]:
+    ratios = []
+    for part in text.split(","):
+        w, sep, h = part.strip().partition(":")
+        try:
+            ratios.append(float(w) / float(h) if sep else float(w))
+        except (ValueError, ZeroDivisionError):
+            raise InputError(f"--aspect takes width:height pairs such as 16:9,4:3,3:4; cannot read {part!r}") from None
+    return ratios
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -171,7 +194,21 @@ def _run_synth(args: argparse.Namespace) -> int:
     if args.images < 2:
         raise InputError(f"--images must be at least 2 (one train and one val image), got {args.images}")
     num_val = max(1, args.images // 5)
-    paths = make_synthetic_coco(args.out_dir, num_train=args.images - num_val, num_val=num_val, seed=args.seed)
+    try:
+        paths = make_synthetic_coco(
+            args.out_dir,
+            num_train=args.images - num_val,
+            num_val=num_val,
+            seed=args.seed,
+            preset=args.preset,
+            image_size=args.size,
+            aspect_ratios=_parse_aspects(args.aspect) if args.aspect else None,
+            bird_frac=args.bird_frac,
+            birds_per_image=args.birds,
+            exif_fraction=args.exif,
+        )
+    except ValueError as e:
+        raise InputError(f"birddet synth: {e}") from None
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -187,9 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `KEY=VALUE` overrides stand anywhere after the config (before or after `--out`, `--resume`).
+
+    argparse fills a `nargs="*"` positional only from the run of positionals right after the config, so
+    `train CFG --out RUN a=1` would leave `a=1` unrecognised; such leftovers are appended, in order, to the
+    command's overrides. Anything else left over is still an error.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extras):
+            args.overrides = [*args.overrides, *extras]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

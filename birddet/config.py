@@ -109,6 +109,7 @@ class SyntheticConfig:
     num_train: int = 160
     num_val: int = 40
     seed: int = 0
+    preset: str = "square"  # square | realistic | dense (birddet.data.synthetic.SYNTH_PRESETS)
 
 
 @dataclass

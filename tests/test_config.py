@@ -102,3 +102,14 @@ def test_cli_stopped_run_exits_1_with_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.startswith("birddet: stopped:") and "step 12" in err and len(err.splitlines()) == 1
+
+
+def test_overrides_may_stand_before_or_after_out_and_resume() -> None:
+    from birddet.cli import _parse, build_parser
+
+    parser = build_parser()
+    args = _parse(parser, ["train", "cfg.yaml", "train.lr=1e-4", "--out", "run", "train.epochs=3", "--resume", "a.b=1"])
+    assert args.overrides == ["train.lr=1e-4", "train.epochs=3", "a.b=1"]
+    assert args.out == "run" and args.resume
+    with pytest.raises(SystemExit):
+        _parse(parser, ["train", "cfg.yaml", "--out", "run", "stray"])

@@ -49,3 +49,65 @@ def test_ensure_generates_only_when_missing_or_changed(tmp_path):
     assert ensure_synthetic_coco(tmp_path, num_train=3, num_val=1)["train"].stat().st_mtime_ns == mtime
     ensure_synthetic_coco(tmp_path, num_train=4, num_val=1)
     assert len(json.loads(paths["train"].read_text())["images"]) == 4
+
+
+def test_realistic_preset_makes_landscape_portrait_and_exif_rotated_photos(tmp_path):
+    from birddet.data.images import load_image
+
+    paths = make_synthetic_coco(tmp_path, num_train=12, num_val=0, preset="realistic", seed=1)
+    data = json.loads(paths["train"].read_text())
+    assert data["info"]["preset"] == "realistic"
+    aspects, rotated = set(), 0
+    for img in data["images"]:
+        w, h = img["width"], img["height"]
+        assert 640 <= max(w, h) <= 1920
+        aspects.add(round(w / h, 1))
+        with Image.open(paths["images"] / img["file_name"]) as raw:
+            orientation = raw.getexif().get(0x0112, 1)
+            stored = raw.size
+        if orientation in (6, 8):
+            rotated += 1
+            assert stored == (h, w)  # pixels on disk are turned; the annotations describe the displayed image
+        assert load_image(paths["images"] / img["file_name"]).size == (w, h)
+    assert 1.8 in aspects and any(a < 1 for a in aspects)  # 16:9 and portrait among them
+    assert rotated >= 1
+    ds = CocoDetection(paths["train"], paths["images"])
+    assert ds.report.num_dropped == 0 and not ds.report.clipped
+
+
+def test_exif_rotated_birds_sit_where_the_annotation_says(tmp_path):
+    # One bird per image on a plain grey background: the box must cover the saturated pixels of the displayed image.
+    from birddet.data.images import load_image
+
+    paths = make_synthetic_coco(
+        tmp_path, num_train=8, num_val=0, preset="realistic", birds_per_image=(1, 1), exif_fraction=1.0, seed=2
+    )
+    data = json.loads(paths["train"].read_text())
+    for img in data["images"]:
+        pixels = np.asarray(load_image(paths["images"] / img["file_name"]), dtype=np.int16)
+        (ann,) = [a for a in data["annotations"] if a["image_id"] == img["id"]]
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        saturation = pixels.max(axis=2) - pixels.min(axis=2)
+        inside = saturation[y : y + h, x : x + w].max()
+        outside = saturation.copy()
+        outside[y : y + h, x : x + w] = 0
+        assert inside > 120 and (outside > 150).mean() < 0.001, img["file_name"]
+
+
+def test_dense_preset_packs_hundreds_of_small_birds(tmp_path):
+    paths = make_synthetic_coco(tmp_path, num_train=1, num_val=0, preset="dense", image_size=(1200, 1600), seed=0)
+    data = json.loads(paths["train"].read_text())
+    (img,) = data["images"]
+    boxes = np.array([a["bbox"] for a in data["annotations"]])
+    assert 150 <= len(boxes) <= 300
+    assert boxes[:, 2].max() <= 0.014 * min(img["width"], img["height"]) + 1
+    assert (boxes[:, 0] + boxes[:, 2] <= img["width"]).all() and (boxes[:, 1] + boxes[:, 3] <= img["height"]).all()
+
+
+def test_bad_synthetic_options_are_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown synthetic preset 'huge'"):
+        make_synthetic_coco(tmp_path, preset="huge")
+    with pytest.raises(ValueError, match="bird_frac"):
+        make_synthetic_coco(tmp_path, bird_frac=(0.5, 0.2))
