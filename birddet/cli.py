@@ -48,9 +48,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", required=True, help="COCO ground-truth JSON")
     p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")
     p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval-<split>)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size, as its validation"
+    )
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        default=None,
+        choices=["none", "bf16", "fp16"],
+        help="autocast precision; default: the run's train.amp, so the numbers match the run's metrics.json",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--conf", type=float, default=0.5, help="score threshold for the confusion matrix")
     p.add_argument("--no-plots", action="store_true")

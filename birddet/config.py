@@ -94,6 +94,11 @@ class ModelConfig:
     # Normalisation; null takes the backbone file's rgb_stats (filled in when the model is built).
     rgb_stats: dict[str, list[float]] | None = None
 
+    @property
+    def input_size(self) -> int:
+        """Longest side every image is resized to before the detector: training crops, eval and predict alike."""
+        return self.max_size or self.image_size
+
 
 @dataclass
 class SplitConfig:

@@ -81,6 +81,17 @@ class EvalTransform(_AlbumentationsDetectionTransform):
         """Resize factor applied to an image of the given original size (new longest side / old longest side)."""
         return self.size / max(height, width)
 
+    def resize_image(self, image: np.ndarray) -> np.ndarray:
+        """The image part of the transform alone (`HxWx3` uint8 or float32 in [0, 1]): what `predict` uses, so a
+        photo gives the same pixels, hence the same detections, in `birddet predict` and `birddet eval`."""
+        return _longest_side(self.size)(image=image)["image"]
+
+
+def _longest_side(size: int) -> A.LongestMaxSize:
+    """Longest side -> `size`. Shrinking uses pixel-area averaging: a 20-Mpx photo brought to 1024 px with plain
+    bilinear sampling aliases (feathers turn to moire, small birds flicker in and out)."""
+    return A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR, area_for_downscale="image", p=1.0)
+
 
 def _bbox_params(min_visibility: float) -> A.BboxParams:
     return A.BboxParams(
@@ -109,7 +120,7 @@ def build_train_transforms(
     if not 0 < lo <= hi:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
     steps: list[A.BasicTransform] = [
-        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR, p=1.0),
+        _longest_side(size),
         # RandomScale's limits are offsets from 1: factor ~ U(1 + lo', 1 + hi').
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
         A.PadIfNeeded(
@@ -127,5 +138,5 @@ def build_train_transforms(
 
 def build_eval_transforms(size: int) -> EvalTransform:
     """Resize the longest side to `size`, keep the aspect ratio, no padding (see module docstring)."""
-    steps = [A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR, p=1.0)]
+    steps = [_longest_side(size)]
     return EvalTransform(A.Compose(steps, bbox_params=_bbox_params(0.0)), size)

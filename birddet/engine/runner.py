@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from birddet.engine import distributed as D
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
-from birddet.models.detector import coco_results
+from birddet.models.detector import coco_results, rescale_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,9 @@ def to_coco_results(
     output: dict[str, torch.Tensor], image: torch.Tensor, target: dict[str, Any], label_to_category: list[int]
 ) -> list[dict[str, Any]]:
     """One image's detections -> COCO result entries, rescaled from the transformed image to `orig_size`."""
-    h, w = image.shape[-2:]
-    oh, ow = _orig_size(target)
-    boxes = output["boxes"].float().cpu().clone()
-    if boxes.numel() == 0:
+    if output["boxes"].numel() == 0:
         return []
-    boxes[:, 0::2] *= ow / w
-    boxes[:, 1::2] *= oh / h
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+    boxes = rescale_boxes(output["boxes"], tuple(image.shape[-2:]), _orig_size(target))
     categories = [label_to_category[int(label)] for label in output["labels"].tolist()]
     return coco_results(_image_id(target), boxes, output["scores"].cpu(), categories)
 
@@ -152,15 +146,17 @@ def evaluate_checkpoint(
     ann: str | Path,
     images: str | Path,
     out_dir: str | Path,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     workers: int = 2,
-    amp: bool = False,
+    amp: bool | str | None = None,
     device: str = "auto",
     plots: bool = True,
     conf_threshold: float = 0.5,
 ) -> Any:
     """`birddet eval`: detect on an annotated split, write `results.json` and the report; `EvalResult` on rank 0.
 
+    `batch_size` and `amp` default to what the run validated with (`train.eval_batch_size`, `train.amp`), so the
+    stats of `birddet eval RUN/best.pt` on the run's val split are the stats in `RUN/metrics.json`.
     Returns None on the other ranks of a torchrun launch (they only run their shard).
     """
     from birddet.data.coco import CocoDetection
@@ -177,10 +173,12 @@ def evaluate_checkpoint(
         detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
         del ckpt
         cfg = detector.config
+        batch_size = batch_size or cfg.train.eval_batch_size
+        amp = cfg.train.amp if amp is None else amp
         dataset = CocoDetection(
             str(ann),
             str(images),
-            build_eval_transforms(cfg.model.max_size or cfg.model.image_size),
+            build_eval_transforms(cfg.model.input_size),
             category_map=_category_map(categories),
         )
         results = run_detector(

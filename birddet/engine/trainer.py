@@ -145,7 +145,7 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.transforms import build_eval_transforms, build_train_transforms
 
-    size = cfg.model.max_size or cfg.model.image_size
+    size = cfg.model.input_size
     aug = cfg.data.augment
     cmap = CategoryMap.from_dict(categories) if categories else None
     train_ds = CocoDetection(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -26,7 +27,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
-from torchvision.transforms.v2 import functional as TF
 
 from birddet.backbone.presets import get_preset
 from birddet.backbone.vit import ViT
@@ -72,6 +72,19 @@ class Prediction:
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """COCO results entries `{image_id, category_id, bbox, score}`."""
         return coco_results(image_id, self.boxes, self.scores, self.category_ids)
+
+
+def rescale_boxes(boxes: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
+    """xyxy boxes in an image of size `from_hw` -> the same boxes in that image resized to `to_hw`, clipped to it.
+
+    Each axis has its own factor: rounding a 1500x500 photo to 128x43 px scales x and y by slightly different
+    amounts, and one factor for both would shift boxes near the bottom edge.
+    """
+    (h, w), (oh, ow) = from_hw, to_hw
+    out = boxes.float().cpu().clone()
+    out[:, 0::2] = (out[:, 0::2] * (ow / w)).clamp(0, ow)
+    out[:, 1::2] = (out[:, 1::2] * (oh / h)).clamp(0, oh)
+    return out
 
 
 def coco_results(
@@ -126,53 +139,71 @@ class BirdDetector(nn.Module):
         """Detect birds in PIL images, image paths or tensors ([3, H, W], uint8 or float in [0, 1]).
 
         Returns one `Prediction` per image with boxes in that image's pixel coordinates and scores >= `conf`.
+        Each image is first resized exactly as `birddet eval` resizes it (`EvalTransform.resize_image`), so a photo
+        gets the same detections from both, and a 20-Mpx photo never reaches the model at full size.
         """
+        from birddet.data.transforms import build_eval_transforms
+
         single = isinstance(images, Image.Image | torch.Tensor | str | os.PathLike)
         items = [images] if single else list(images)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
+        resize = build_eval_transforms(self.config.model.input_size).resize_image
         heads = self.model.roi_heads
         saved_thresh = heads.score_thresh
         heads.score_thresh = min(saved_thresh, conf)
         try:
             results: list[Prediction] = []
             for start in range(0, len(items), batch_size):
-                tensors = [_to_tensor(x).to(device) for x in items[start : start + batch_size]]
+                arrays = [_to_array(x) for x in items[start : start + batch_size]]
+                tensors = [_array_to_tensor(resize(a)).to(device) for a in arrays]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     outputs = self.model(tensors)
-                for t, out in zip(tensors, outputs):
-                    results.append(self._prediction(out, (t.shape[-1], t.shape[-2]), conf))
+                for a, t, out in zip(arrays, tensors, outputs):
+                    results.append(self._prediction(out, tuple(t.shape[-2:]), a.shape[:2], conf))
         finally:
             heads.score_thresh = saved_thresh
             self.train(was_training)
         return results
 
-    def _prediction(self, out: dict[str, torch.Tensor], image_size: tuple[int, int], conf: float) -> Prediction:
+    def _prediction(
+        self, out: dict[str, torch.Tensor], model_hw: tuple[int, int], image_hw: tuple[int, int], conf: float
+    ) -> Prediction:
         keep = out["scores"] >= conf
         labels = out["labels"][keep].tolist()
         cats = [self.label_to_category[label] for label in labels]
         return Prediction(
-            boxes=out["boxes"][keep].float().cpu(),
+            boxes=rescale_boxes(out["boxes"][keep], model_hw, image_hw),
             scores=out["scores"][keep].float().cpu(),
             category_ids=cats,
             names=[self.categories[c] for c in cats],
-            image_size=image_size,
+            image_size=(int(image_hw[1]), int(image_hw[0])),
         )
 
 
-def _to_tensor(image: ImageInput) -> torch.Tensor:
+def _to_array(image: ImageInput) -> np.ndarray:
+    """`HxWx3` uint8 (PIL images, paths, uint8 tensors) or float32 in [0, 1] (float tensors) for the eval resize."""
     if isinstance(image, str | os.PathLike):
         from birddet.data.images import load_image
 
         image = load_image(Path(image))
     if isinstance(image, Image.Image):
-        return TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+        return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise InputError(f"image tensors must be [3, H, W], got {list(image.shape)}")
-        return TF.to_dtype(image, torch.float32, scale=True) if image.dtype == torch.uint8 else image.float()
+        dtype = torch.uint8 if image.dtype == torch.uint8 else torch.float32
+        return image.detach().to("cpu", dtype).permute(1, 2, 0).contiguous().numpy()
     raise InputError(f"cannot read an image from {type(image).__name__}; pass a PIL image, a path or a tensor")
+
+
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.dtype == np.uint8:
+        from birddet.data.transforms import to_tensor
+
+        return to_tensor(array)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
 
 
 # -- assembly -------------------------------------------------------------------------------------------------
