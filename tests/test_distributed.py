@@ -38,16 +38,8 @@ def test_a_single_process_is_a_world_of_one(monkeypatch):
     assert gather_lists([1, 2]) == [1, 2]
 
 
-def test_two_process_ddp_run_trains_on_both_ranks_and_only_rank_0_writes(tmp_path: Path):
-    from test_trainer import tiny_config
-
-    data = tmp_path / "data"
-    make_synthetic_coco(data, num_train=8, num_val=4, seed=0)
-    # 8 images, 2 ranks, batch 2 per rank: 2 steps per epoch, one epoch.
-    cfg = tiny_config(data, epochs=1, batch_size=2)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(config_to_dict(cfg)))
-    run = tmp_path / "run"
+def _torchrun_train(config: Path, run: Path, cwd: Path, *extra: str) -> str:
+    """`torchrun --nproc_per_node=2 tools/train.py CONFIG --out RUN EXTRA...` on CPU (gloo); returns its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -62,10 +54,25 @@ def test_two_process_ddp_run_trains_on_both_ranks_and_only_rank_0_writes(tmp_pat
         str(config),
         "--out",
         str(run),
+        *extra,
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+def test_two_process_ddp_run_trains_on_both_ranks_and_only_rank_0_writes(tmp_path: Path):
+    from test_trainer import tiny_config
+
+    data = tmp_path / "data"
+    make_synthetic_coco(data, num_train=8, num_val=4, seed=0)
+    # 8 images, 2 ranks, batch 2 per rank: 2 steps per epoch, one epoch.
+    cfg = tiny_config(data, epochs=1, batch_size=2)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    run = tmp_path / "run"
+    output = _torchrun_train(config, run, tmp_path)
     assert "rank 0 of 2" in output and "rank 1 of 2" in output
     names = sorted(p.name for p in run.iterdir())
     assert names == sorted(
@@ -75,3 +82,26 @@ def test_two_process_ddp_run_trains_on_both_ranks_and_only_rank_0_writes(tmp_pat
     assert [r["step"] for r in log] == [1, 2]  # written once, by rank 0
     assert all(math.isfinite(r["loss"]) for r in log)
     assert not list(tmp_path.glob("**/.*.tmp"))
+
+
+def test_resumed_two_process_run_continues_exactly_with_every_ranks_rng(tmp_path: Path):
+    import torch
+    from test_trainer import tiny_config
+
+    data = tmp_path / "data"
+    make_synthetic_coco(data, num_train=8, num_val=4, seed=0)
+    config = tmp_path / "tiny.yaml"
+    # RPN/RoI sampling draws from each rank's torch RNG; the logged loss is the mean over both ranks.
+    config.write_text(yaml.safe_dump(config_to_dict(tiny_config(data, epochs=2, batch_size=2, eval_every=2))))
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _torchrun_train(config, full, tmp_path)
+    _torchrun_train(config, resumed, tmp_path, "train.max_steps=3")  # stops mid-epoch 2
+    saved = torch.load(resumed / "last.pt", weights_only=True)["training"]
+    assert len(saved["rng_per_rank"]) == 2
+    assert not torch.equal(saved["rng_per_rank"][0]["torch"], saved["rng_per_rank"][1]["torch"])
+    _torchrun_train(config, resumed, tmp_path, "--resume")
+
+    def losses(run: Path) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+    assert losses(full) == losses(resumed) and len(losses(full)) == 4

@@ -355,7 +355,18 @@ class Trainer:
         s.epoch, s.step, s.batches_done = int(training["epoch"]), int(training["step"]), int(training["batches_done"])
         s.best_ap, s.best_epoch = float(training["best_ap"]), int(training["best_epoch"])
         s.history = list(training["history"])
-        set_rng_states(training["rng"])
+        per_rank = training.get("rng_per_rank")
+        if per_rank and len(per_rank) == self.ctx.world_size:
+            set_rng_states(per_rank[self.ctx.rank])
+        elif self.ctx.world_size == 1 or not per_rank:
+            set_rng_states(training["rng"])
+        else:
+            # Another world size cannot replay the same per-rank streams; give each rank a fresh, distinct one.
+            logger.warning(
+                "resuming a %d-process run on %d processes: training continues, but not bit-exactly",
+                len(per_rank), self.ctx.world_size,
+            )  # fmt: skip
+            seed_everything(self.cfg.train.seed + 1_000 * self.ctx.rank + s.step)
         logger.info("resuming %s at epoch %d, step %d", self.out, s.epoch + 1, s.step)
 
     def _read_log(self) -> list[dict[str, Any]]:
@@ -370,7 +381,7 @@ class Trainer:
         return rows
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
+    def _training_state(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         s = self.state
         return {
             "optimizer": self.optimizer.state_dict(),
@@ -383,15 +394,19 @@ class Trainer:
             "best_ap": s.best_ap,
             "best_epoch": s.best_epoch,
             "history": s.history,
-            "rng": rng_states(),
+            "rng": rng_per_rank[0],
+            # Every rank draws its own RPN/RoI samples: a resumed DDP run continues exactly only if each rank gets
+            # its own stream back, not rank 0's.
+            "rng_per_rank": rng_per_rank,
             "user_config": config_to_dict(self.cfg),
         }
 
     def save_last(self) -> None:
         from birddet.engine.checkpoint import save_checkpoint
 
+        rngs = D.gather_lists([rng_states()])  # collective: every rank takes part
         if self.ctx.is_main:
-            save_checkpoint(self.out / LAST, self.detector, training=self._training_state())
+            save_checkpoint(self.out / LAST, self.detector, training=self._training_state(rngs))
         D.barrier()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
