@@ -1,12 +1,19 @@
-"""`birddet train`: fit a detector on a COCO split, validate with pycocotools, keep `best.pt` and `last.pt`.
+"""The training loop shared by every task: `birddet train` (detector) and `birddet train-classifier` (species).
+
+The loop (`Trainer`) owns what is the same for every model: AdamW with layer-wise LR decay, warmup + cosine
+schedule, AMP, EMA, gradient accumulation, DDP, the step log, `last.pt`/`best.pt` bookkeeping and exact resume.
+A `Task` says what differs: how the datasets and the model are built, how a batch becomes a loss, how the kept
+weights are validated and in which format the checkpoints are written (`engine/detection.py`,
+`engine/classification.py`).
 
 What a run folder holds (rank 0 writes everything):
   - `config.yaml`   the resolved config (weights-derived fields filled in);
   - `last.pt`       model + full training state, rewritten atomically at the end of every epoch (and when
                     `train.max_steps` stops a run), so `--resume` continues a run killed at any moment;
-  - `best.pt`       the weights (EMA weights when `train.ema`) with the highest val AP so far;
-  - `metrics.jsonl` one line per logged step: loss parts, lr, images/s, max memory; `metrics.json` the COCO
-                    stats of `best.pt` on val; `loss.png`, `ap.png` the curves.
+  - `best.pt`       the weights (EMA weights when `train.ema`) with the best validation score so far (the task's
+                    `metric`: COCO AP for the detector, top-1 for the classifier);
+  - `metrics.jsonl` one line per logged step: loss parts, lr, images/s, max memory; `metrics.json` the validation
+                    report of `best.pt`; `loss.png` and the task's validation curve.
 
 Reproducibility: one seed drives model init, sampling and augmentation. The sampler of epoch `e` is seeded with
 `seed + e`, and each sample's augmentation is seeded from (seed, epoch, index), so the data of a step does not
@@ -34,9 +41,9 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from birddet.config import Config, config_to_dict, save_config
+from birddet.config import TrainConfig, config_to_dict, save_config
 from birddet.engine import distributed as D
-from birddet.engine.optim import build_optimizer, build_scheduler
+from birddet.engine.optim import build_scheduler
 from birddet.errors import InputError, RunStopped
 
 logger = logging.getLogger(__name__)
@@ -64,9 +71,10 @@ class DataPaths:
     val_images: str
 
 
-def resolve_data_paths(cfg: Config, ctx: D.DistContext) -> DataPaths:
+def resolve_data_paths(cfg: Any, ctx: D.DistContext) -> DataPaths:
     """The split files to train on: the configured ones, or the synthetic set (generated on rank 0 if missing).
 
+    `cfg` is any run config with a `data` section holding `train`, `val` and `synthetic` (both tasks share them).
     Relative paths resolve against the current directory, like every other path on the command line.
     """
     d = cfg.data
@@ -93,7 +101,7 @@ def resolve_data_paths(cfg: Config, ctx: D.DistContext) -> DataPaths:
     ]
     if missing:
         raise InputError(
-            f"no training data: set {', '.join(missing)} (e.g. `birddet train CONFIG {missing[0]}=PATH ...`), "
+            f"no training data: set {', '.join(missing)} (e.g. `{missing[0]}=PATH` after the config on the command line), "
             "or set data.synthetic.dir to train on the generated synthetic set"
         )
     return DataPaths(d.train.ann, d.train.images, d.val.ann, d.val.images)  # type: ignore[arg-type]
@@ -137,47 +145,21 @@ class SeededDataset(Dataset):
             np.random.set_state(np_state)
 
 
-def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | None = None) -> tuple[Any, Any]:
-    """Training and validation `CocoDetection`s; constructing them validates every annotation before training.
+def epoch_batches(
+    dataset: Any, cfg: TrainConfig, epoch: int, ctx: D.DistContext, *, group_by_aspect: bool = False
+) -> list[list[int]]:
+    """This rank's batches of dataset indices for `epoch`: a pure function of (seed, epoch, rank).
 
-    `categories` (from a checkpoint being resumed) fixes the label mapping; otherwise the training file defines it.
+    `group_by_aspect` batches images of like aspect ratio together (`dataset.aspect_ratios()`), for detectors.
     """
-    from birddet.data.coco import CategoryMap, CocoDetection
-    from birddet.data.transforms import build_eval_transforms, build_train_transforms
-
-    size = cfg.model.input_size
-    aug = cfg.data.augment
-    cmap = CategoryMap.from_dict(categories) if categories else None
-    train_ds = CocoDetection(
-        paths.train_ann,
-        paths.train_images,
-        build_train_transforms(size, scale_range=aug.scale_range, hflip=aug.hflip, color_jitter=aug.color_jitter),
-        category_map=cmap,
-    )
-    val_ds = CocoDetection(
-        paths.val_ann,
-        paths.val_images,
-        build_eval_transforms(size),
-        category_map=train_ds.category_map,
-        skip_bad_images=False,
-    )
-    if len(train_ds) == 0:
-        raise InputError(f"{paths.train_ann} has no images to train on")
-    if len(val_ds) == 0:
-        raise InputError(f"{paths.val_ann} has no images to validate on")
-    return train_ds, val_ds
-
-
-def epoch_batches(dataset: Any, cfg: Config, epoch: int, ctx: D.DistContext) -> list[list[int]]:
-    """This rank's batches of dataset indices for `epoch`: a pure function of (seed, epoch, rank)."""
-    seed = cfg.train.seed
+    seed = cfg.seed
     if ctx.distributed:
         sampler: Any = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)  # DistributedSampler seeds its permutation with seed + epoch
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
-    bs = cfg.train.batch_size
-    if cfg.data.aspect_ratio_grouping:
+    bs = cfg.batch_size
+    if group_by_aspect:
         from birddet.data.sampler import GroupedBatchSampler, create_aspect_ratio_groups
 
         return list(GroupedBatchSampler(sampler, create_aspect_ratio_groups(dataset.aspect_ratios()), bs))
@@ -197,7 +179,7 @@ class RunState:
     epoch: int = 0  # epoch in progress (or next to start)
     step: int = 0  # optimizer steps taken
     batches_done: int = 0  # batches of `epoch` already consumed (non-zero only after a max_steps stop)
-    best_ap: float = -1.0
+    best_score: float = -1.0  # the task's metric (AP, top-1) of best.pt; saved as `best_<metric>`
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -264,14 +246,86 @@ def _compare_configs(saved: dict[str, Any], current: dict[str, Any], where: str)
         )
 
 
+# -- tasks -----------------------------------------------------------------------------------------------------------
+class Task:
+    """One kind of model on the shared loop: what it trains on, how a batch becomes a loss, how it is validated
+    and saved. Subclasses: `DetectionTask` (engine/detection.py), `ClassificationTask` (engine/classification.py).
+
+    The loop calls, in order: `read_checkpoint` (on resume), `build_data(ckpt)`, `build_model(ckpt)` (rank 0
+    first, under the run's seed), `build_optimizer`, then per epoch `epoch_batches` and per batch `collate` and
+    `forward`; after an epoch `validate` on every rank (sharded), `write_best` on rank 0 when the score improved,
+    and `save_last` on rank 0.
+    """
+
+    #: The validation number (a key of `validate`'s stats, higher is better) that picks `best.pt`.
+    metric = "AP"
+
+    def __init__(self, cfg: Any, ctx: D.DistContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.train_set: Any = None
+
+    # setup
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """`last.pt` as a dict holding `training` (the loop's state) and whatever `build_*` need from it."""
+        raise NotImplementedError
+
+    def build_data(self, ckpt: dict[str, Any] | None) -> None:
+        """Build (and validate) the training and validation data; set `self.train_set`, a map-style dataset."""
+        raise NotImplementedError
+
+    def build_model(self, ckpt: dict[str, Any] | None) -> torch.nn.Module:
+        """The model in train mode: restored from `ckpt` (weights only; the loop restores the rest) or fresh."""
+        raise NotImplementedError
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def resolved_config(self, model: torch.nn.Module) -> Any:
+        """The config saved as `config.yaml` (with fields the weights filled in)."""
+        return self.cfg
+
+    # training
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.train_set, self.cfg.train, epoch, self.ctx)
+
+    def collate(self, batch: list[Any]) -> tuple[Any, Any]:
+        inputs, targets = zip(*batch)
+        return list(inputs), list(targets)
+
+    def forward(self, model: torch.nn.Module, inputs: Any, targets: Any, device: torch.device) -> dict[str, Any]:
+        """Loss parts of one micro-batch (the loop sums them into `loss`); runs under the loop's autocast."""
+        raise NotImplementedError
+
+    # validation and files
+    def validate(self, model: torch.nn.Module) -> tuple[dict[str, float], Any] | None:
+        """Every rank calls this; rank 0 gets `(scalar stats incl. metric, full result)`, the others None."""
+        raise NotImplementedError
+
+    def describe(self, stats: dict[str, float]) -> str:
+        return f"val {self.metric} {stats[self.metric]:.4f}"
+
+    def write_best(self, out: Path, model: torch.nn.Module, result: Any) -> None:
+        """Rank 0: write `best.pt` from `model` (the kept weights, EMA when on) and `metrics.json` from `result`."""
+        raise NotImplementedError
+
+    def save_last(self, path: Path, model: torch.nn.Module, training: dict[str, Any]) -> None:
+        """Rank 0: write `last.pt` with the model's own weights and the loop's `training` state."""
+        raise NotImplementedError
+
+    def plot_history(self, history: list[dict[str, Any]], out: Path) -> None:
+        """Rank 0: draw the validation curve of the run so far."""
+
+
 # -- the loop --------------------------------------------------------------------------------------------------------
 class Trainer:
-    """One training run. `fit()` returns a summary dict; see the module docstring for what it writes."""
+    """One training run of `task`. `fit()` returns a summary dict; see the module docstring for what it writes."""
 
-    def __init__(self, cfg: Config, out_dir: Path, *, resume: bool, ctx: D.DistContext) -> None:
-        self.cfg = cfg
+    def __init__(self, task: Task, out_dir: Path, *, resume: bool) -> None:
+        self.task = task
+        self.cfg = cfg = task.cfg
         self.out = Path(out_dir)
-        self.ctx = ctx
+        self.ctx = ctx = task.ctx
         self.device = ctx.device
         t = cfg.train
         if t.amp == "fp16" and self.device.type != "cuda":
@@ -287,22 +341,18 @@ class Trainer:
                 f"{self.out} already holds a run ({LAST}); pass --resume to continue it or use a new --out"
             )
 
-        paths = resolve_data_paths(cfg, ctx)
-        self.train_ds, self.val_ds = build_datasets(cfg, paths, ckpt["categories"] if ckpt else None)
-        self.val_ann = paths.val_ann
-        self.seeded = SeededDataset(self.train_ds, t.seed)
-        self.detector = self._build_detector(ckpt)
-        self.detector.to(self.device)
-        self.model = D.wrap_model(self.detector, ctx)
-        self.optimizer = build_optimizer(self.detector, t)
-        self.batches_per_epoch = len(epoch_batches(self.train_ds, cfg, 0, ctx))
+        task.build_data(ckpt)
+        self.seeded = SeededDataset(task.train_set, t.seed)
+        self.net = self._build_model(ckpt)
+        self.net.to(self.device)
+        self.model = D.wrap_model(self.net, ctx)
+        self.optimizer = task.build_optimizer(self.net)
+        self.batches_per_epoch = len(task.epoch_batches(0))
         self.total_steps = t.epochs * steps_per_epoch(self.batches_per_epoch, t.accumulate)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.ema = (
-            AveragedModel(self.detector, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-            if t.ema
-            else None
+            AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema else None
         )
         if ckpt is not None:
             self._restore(ckpt["training"])
@@ -310,39 +360,38 @@ class Trainer:
         self.log_records: list[dict[str, Any]] = self._read_log() if resume else []
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.detector.config, self.out / "config.yaml")
+            save_config(task.resolved_config(self.net), self.out / "config.yaml")
             if not resume:
                 (self.out / "metrics.jsonl").write_text("")
 
+    @property
+    def best_key(self) -> str:
+        """Name of the best score in `last.pt` and the summary: `best_ap` (detector), `best_top1` (classifier)."""
+        return f"best_{self.task.metric.lower()}"
+
     # -- setup ---------------------------------------------------------------------------------------------------
     def _read_resume_checkpoint(self) -> dict[str, Any]:
-        from birddet.engine.checkpoint import read_checkpoint
-
         path = self.out / LAST
         if not path.is_file():
             raise InputError(f"cannot resume: {path} does not exist; start the run without --resume")
-        ckpt = read_checkpoint(path)
+        ckpt = self.task.read_checkpoint(path)
         if "training" not in ckpt:
             raise InputError(f"cannot resume from {path}: it holds no training state (is it a copy of best.pt?)")
         _compare_configs(ckpt["training"]["user_config"], config_to_dict(self.cfg), str(path))
         return ckpt
 
-    def _build_detector(self, ckpt: dict[str, Any] | None) -> Any:
-        from birddet.engine.checkpoint import detector_from_checkpoint
-        from birddet.models.detector import build_detector
-
+    def _build_model(self, ckpt: dict[str, Any] | None) -> torch.nn.Module:
         if ckpt is not None:
-            return detector_from_checkpoint(ckpt, str(self.out / LAST)).train()
+            return self.task.build_model(ckpt)
         seed_everything(self.cfg.train.seed)
-        categories = self.train_ds.category_map.as_dict()
         # Rank 0 first: a weights download goes to a shared cache once; DDP then broadcasts rank 0's init.
         if self.ctx.is_main:
-            detector = build_detector(self.cfg, categories)
+            model = self.task.build_model(None)
         D.barrier()
         if not self.ctx.is_main:
-            detector = build_detector(self.cfg, categories)
+            model = self.task.build_model(None)
         seed_everything(self.cfg.train.seed + 1_000 * self.ctx.rank)
-        return detector.train()
+        return model
 
     def _restore(self, training: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(training["optimizer"])
@@ -353,7 +402,7 @@ class Trainer:
             self.ema.load_state_dict(training["ema"])
         s = self.state
         s.epoch, s.step, s.batches_done = int(training["epoch"]), int(training["step"]), int(training["batches_done"])
-        s.best_ap, s.best_epoch = float(training["best_ap"]), int(training["best_epoch"])
+        s.best_score, s.best_epoch = float(training[self.best_key]), int(training["best_epoch"])
         s.history = list(training["history"])
         per_rank = training.get("rng_per_rank")
         if per_rank and len(per_rank) == self.ctx.world_size:
@@ -391,7 +440,7 @@ class Trainer:
             "epoch": s.epoch,
             "step": s.step,
             "batches_done": s.batches_done,
-            "best_ap": s.best_ap,
+            self.best_key: s.best_score,
             "best_epoch": s.best_epoch,
             "history": s.history,
             "rng": rng_per_rank[0],
@@ -402,54 +451,36 @@ class Trainer:
         }
 
     def save_last(self) -> None:
-        from birddet.engine.checkpoint import save_checkpoint
-
         rngs = D.gather_lists([rng_states()])  # collective: every rank takes part
         if self.ctx.is_main:
-            save_checkpoint(self.out / LAST, self.detector, training=self._training_state(rngs))
+            self.task.save_last(self.out / LAST, self.net, self._training_state(rngs))
         D.barrier()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> float:
-        """Val AP of the weights being kept (EMA when on); writes `best.pt` and `metrics.json` when it improves."""
-        from birddet.engine.checkpoint import save_checkpoint
-        from birddet.engine.evaluator import evaluate, load_ground_truth
-        from birddet.engine.reports import write_metrics_json
-        from birddet.engine.runner import run_detector
-
-        t = self.cfg.train
-        model = self.ema.module if self.ema is not None else self.detector
-        results = run_detector(
-            model,
-            self.val_ds,
-            batch_size=t.eval_batch_size,
-            workers=self.cfg.data.workers,
-            amp=t.amp,
-            device=self.device,
-        )
-        improved = False
+        """Validation score of the weights being kept (EMA when on); writes `best.pt` and `metrics.json` when it
+        improves."""
+        model = self.ema.module if self.ema is not None else self.net
+        outcome = self.task.validate(model)
         if self.ctx.is_main:
-            result = evaluate(load_ground_truth(self.val_ann), results)
-            stats = {k: float(v) for k, v in result.stats.items()}
+            assert outcome is not None, "Task.validate must return the stats on rank 0"
+            stats, result = outcome
+            stats = {k: float(v) for k, v in stats.items()}
             self.state.history.append({"epoch": epoch + 1, "step": self.state.step, **stats})
-            ap = stats["AP"]
-            improved = ap > self.state.best_ap
-            if improved:
-                self.state.best_ap, self.state.best_epoch = ap, epoch + 1
-                save_checkpoint(self.out / BEST, self.detector, state_dict=_module_state(model))
-                write_metrics_json(result, self.out / "metrics.json")
+            score = stats[self.task.metric]
+            if score > self.state.best_score:
+                self.state.best_score, self.state.best_epoch = score, epoch + 1
+                self.task.write_best(self.out, model, result)
             logger.info(
-                "epoch %d: val AP %.4f AP50 %.4f (best %.4f, epoch %d)",
-                epoch + 1, ap, stats["AP50"], self.state.best_ap, self.state.best_epoch,
+                "epoch %d: %s (best %.4f, epoch %d)",
+                epoch + 1, self.task.describe(stats), self.state.best_score, self.state.best_epoch,
             )  # fmt: skip
-            from birddet.engine.plots import plot_ap
-
-            plot_ap(self.state.history, self.out / "ap.png")
+            self.task.plot_history(self.state.history, self.out)
         # Every rank keeps the same history/best so whichever rank's state is saved, it is the same.
-        self.state.history, self.state.best_ap, self.state.best_epoch = D.broadcast_object(
-            (self.state.history, self.state.best_ap, self.state.best_epoch)
+        self.state.history, self.state.best_score, self.state.best_epoch = D.broadcast_object(
+            (self.state.history, self.state.best_score, self.state.best_epoch)
         )
-        return self.state.best_ap
+        return self.state.best_score
 
     # -- training ------------------------------------------------------------------------------------------------
     def _loader(self, batches: list[list[int]], epoch: int) -> DataLoader:
@@ -459,23 +490,18 @@ class Trainer:
             self.seeded,
             batch_sampler=batches,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=self.task.collate,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.cfg.train.seed + epoch),
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
         )
 
-    def _forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [img.to(self.device, non_blocking=True) for img in images]
-        targets = [
-            {"boxes": t["boxes"].to(self.device, non_blocking=True), "labels": t["labels"].to(self.device)}
-            for t in targets
-        ]
+    def _forward(self, inputs: Any, targets: Any) -> dict[str, torch.Tensor]:
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
         ):
-            return self.model(images, targets)
+            return self.task.forward(self.model, inputs, targets, self.device)
 
     def _check_finite(self, parts: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
         """Mean loss parts over ranks; NaN/inf anywhere stops every rank together with a message saying how to fix it."""
@@ -507,7 +533,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.detector)
+            self.ema.update_parameters(self.net)
         return grad_norm
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -526,7 +552,7 @@ class Trainer:
 
         t = self.cfg.train
         s = self.state
-        groups = self._groups(epoch_batches(self.train_ds, self.cfg, epoch, self.ctx))
+        groups = self._groups(self.task.epoch_batches(epoch))
         done = self._groups_done(groups)
         remaining = groups[done:]
         loader = iter(self._loader([b for g in remaining for b in g], epoch))
@@ -546,18 +572,18 @@ class Trainer:
             for group in remaining:
                 sums: dict[str, float] = {}
                 for j in range(len(group)):
-                    images, targets = next(loader)
+                    inputs, targets = next(loader)
                     last_micro = j == len(group) - 1
                     # DDP all-reduces gradients on the last micro-batch of an accumulation group only.
                     sync = nullcontext() if last_micro or not self.ctx.distributed else self.model.no_sync()
                     with sync:
-                        parts = self._forward(images, targets)
+                        parts = self._forward(inputs, targets)
                         loss = sum(parts.values())
                         logged = self._check_finite({**parts, "loss": loss}, epoch)
                         self.scaler.scale(loss / len(group)).backward()
                     for k, v in logged.items():
                         sums[k] = sums.get(k, 0.0) + v / len(group)
-                    seen += len(images) * self.ctx.world_size
+                    seen += len(inputs) * self.ctx.world_size
                     s.batches_done += 1
                 lr = self.optimizer.param_groups[-1]["lr"]  # the LR this step used (the head group's, full LR)
                 grad_norm = self._optimizer_step()
@@ -627,19 +653,14 @@ class Trainer:
             "out_dir": str(self.out),
             "epochs": s.epoch,
             "steps": s.step,
-            "best_ap": s.best_ap,
+            self.best_key: s.best_score,
             "best_epoch": s.best_epoch,
             "best_stats": {k: v for k, v in best.items() if k not in ("epoch", "step")},
             "history": s.history,
         }
 
 
-def _collate(batch: list[Any]) -> tuple[list[Any], list[Any]]:
-    images, targets = zip(*batch)
-    return list(images), list(targets)
-
-
-def _module_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def module_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -653,20 +674,24 @@ def _peak_rss_mb() -> float:
         return float("nan")
 
 
-def train(cfg: Config, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+def run_training(task: Task, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run `task` into `out_dir` (see the module docstring); returns the summary. Cleans up the process group."""
+    try:
+        logger.info("rank %d of %d on %s", task.ctx.rank, task.ctx.world_size, task.ctx.device)
+        return Trainer(task, Path(out_dir), resume=resume).fit()
+    finally:
+        D.cleanup(task.ctx)
+
+
+def train(cfg: Any, out_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Train the detector described by `cfg` into `out_dir` (see the module docstring); returns a summary.
 
     Under `torchrun` every rank calls this; rank 0 writes the files and the summary is the same on every rank.
     """
+    from birddet.engine.detection import DetectionTask
+
     ctx = D.init_distributed(cfg.train.device)
-    try:
-        logger.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
-        trainer = Trainer(cfg, Path(out_dir), resume=resume, ctx=ctx)
-        summary = trainer.fit()
-        if ctx.is_main:
-            logger.info(
-                "best val AP %.4f at epoch %d; run folder %s", summary["best_ap"], summary["best_epoch"], out_dir
-            )
-        return summary
-    finally:
-        D.cleanup(ctx)
+    summary = run_training(DetectionTask(cfg, ctx), Path(out_dir), resume=resume)
+    if ctx.is_main:
+        logger.info("best val AP %.4f at epoch %d; run folder %s", summary["best_ap"], summary["best_epoch"], out_dir)
+    return summary
