@@ -42,6 +42,34 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_classifier(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a species classifier on crops of a COCO dataset's boxes",
+        description="Train a species classifier on box crops; RUN/best.pt is a birder classifier file for --classifier.",
+    )
+    p.add_argument("config", help="YAML config (e.g. configs/species_quickstart.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4")
+    p.add_argument("--out", required=True, help="run folder (config.yaml, last.pt, best.pt, metrics, plots)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(func=_run_train_classifier)
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
+    from birddet.config import ClassifierConfig, load_config
+
+    cfg = load_config(args.config, args.overrides, schema=ClassifierConfig)
+    from birddet.engine.classification import train_classifier
+
+    summary = train_classifier(cfg, Path(args.out), resume=args.resume)
+    if summary.get("best_epoch", -1) >= 0:
+        print(
+            f"best val top-1 {summary['best_top1']:.4f} at epoch {summary['best_epoch']}; "
+            f"classifier file {Path(summary['out_dir']) / 'best.pt'} (birddet predict ... --classifier it)"
+        )
+    return 0
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="COCO mAP of a detector checkpoint on an annotated split")
     p.add_argument("checkpoint", help="detector checkpoint (best.pt / last.pt)")
@@ -228,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_score, _add_predict, _add_synth):
+    for add in (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth):
         add(sub)
     return parser
 

@@ -168,6 +168,64 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# -- species classifier (`birddet train-classifier`) -------------------------------------------------------------
+@dataclass
+class ClassifierModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # "new": a fresh, zero-initialised head for the dataset's classes on the backbone file (e.g. the iNat21 file);
+    # "keep": the file's own head, whose class names must be the dataset's (continue training a birddet classifier).
+    head: Literal["new", "keep"] = "new"
+    # Crop side in pixels (a multiple of the patch size). It becomes the size recorded in best.pt, so
+    # `birddet predict --classifier RUN/best.pt` crops at it. The crop rule itself (margin, square, clip) is
+    # predict's and is not configurable, so training and inference always see the same pixels.
+    image_size: int = 224
+    # Normalisation; null takes the backbone file's rgb_stats (birder's default (0.5, 0.5) for random init).
+    rgb_stats: dict[str, list[float]] | None = None
+
+
+@dataclass
+class CropAugmentConfig:
+    # Each box edge moves by up to this fraction of the box size before the crop rule is applied: the crops then
+    # look like a detector's imperfect boxes rather than perfect annotations. 0 disables it.
+    box_jitter: float = 0.1
+    hflip: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class ClassifierDataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    augment: CropAugmentConfig = field(default_factory=CropAugmentConfig)
+    workers: int = 2
+    # "loss": cross-entropy weighted by n / (C * n_class) so rare classes count as much as common ones; "none".
+    balance: Literal["loss", "none"] = "loss"
+
+
+@dataclass
+class ClassifierTrainConfig(TrainConfig):
+    """The detector's training knobs with classifier-sized defaults (crops are small, so batches are larger)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    warmup_iters: int = 50
+    eval_batch_size: int = 64
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class ClassifierConfig:
+    """`birddet train-classifier`: the data keys are the detector's; a box's category is its class."""
+
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+
+
 # -- conversion ------------------------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -231,16 +289,17 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
-    """Build a `Config` from a plain mapping, checking keys and types."""
+def config_from_dict(data: dict[str, Any], where: str = "config", schema: type = Config) -> Any:
+    """Build a `Config` (or another run config `schema`, e.g. `ClassifierConfig`) from a plain mapping, checking
+    keys and types."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"{where}: the top level must be a mapping with model/data/train sections")
-    return _from_dict(Config, data, "", where)
+    return _from_dict(schema, data, "", where)
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
+def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
@@ -274,8 +333,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate everything."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = Config) -> Any:
+    """Read a YAML config (or the defaults when `path` is None), apply overrides, validate everything.
+
+    `schema` is the run config's dataclass: `Config` (detector) or `ClassifierConfig` (species classifier)."""
     data: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
@@ -289,14 +350,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise InputError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}: the top level must be a mapping with model/data/train sections")
-    config_from_dict(data, where)  # report file errors against the file, before overrides mix in
+    config_from_dict(data, where, schema)  # report file errors against the file, before overrides mix in
     if overrides:
         data = apply_overrides(data, overrides)
         where = f"{where} with overrides {' '.join(overrides)}"
-    return config_from_dict(data, where)
+    return config_from_dict(data, where, schema)
 
 
-def save_config(cfg: Config, path: str | Path) -> Path:
+def save_config(cfg: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

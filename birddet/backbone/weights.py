@@ -289,10 +289,13 @@ def save_birder_file(
     class_to_idx: dict[str, int],
     rgb_stats: dict[str, list[float]] | None = None,
     birder_version: str = "0.8.4",
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write `net` in birder's file format (`.pt`, or `.safetensors` by suffix), readable by birder itself.
 
     Used to export a fine-tuned species classifier, and by the tests to make random weights in the real format.
+    `config` is birder's optional network override (e.g. `{"num_layers": 4, ...}` for a preset other than
+    ViT-M/16), which birder's `load_model` applies when it builds the network.
     """
     path = Path(path)
     rgb_stats = rgb_stats or DEFAULT_RGB_STATS
@@ -312,19 +315,21 @@ def save_birder_file(
                 "signature": json.dumps(signature),
                 "rgb_stats": json.dumps(rgb_stats),
             }
+            if config:
+                meta["config"] = json.dumps(config)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
         else:
-            torch.save(
-                {
-                    "state": net.state_dict(),
-                    "birder_version": birder_version,
-                    "task": task,
-                    "signature": signature,
-                    "class_to_idx": class_to_idx,
-                    "rgb_stats": rgb_stats,
-                },
-                tmp,
-            )
+            payload: dict[str, Any] = {
+                "state": net.state_dict(),
+                "birder_version": birder_version,
+                "task": task,
+                "signature": signature,
+                "class_to_idx": class_to_idx,
+                "rgb_stats": rgb_stats,
+            }
+            if config:
+                payload["config"] = config
+            torch.save(payload, tmp)
     return path
 
 

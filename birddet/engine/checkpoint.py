@@ -40,8 +40,9 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely; anything but tensors and plain containers is refused unexecuted."""
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` with one-line errors: anything but tensors and plain containers is refused
+    unexecuted; a missing, truncated or foreign file is an `InputError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
@@ -55,6 +56,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise InputError(f"checkpoint {path} is truncated or not a PyTorch file ({str(err)[:200]})") from None
+    return ckpt
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a detector checkpoint dict safely (see `load_weights_only`) and check that it is one."""
+    path = Path(path)
+    ckpt = load_weights_only(path, map_location)
     missing = [k for k in ("model", "config", "categories") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise InputError(

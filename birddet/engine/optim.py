@@ -1,10 +1,11 @@
-"""Optimizer and learning-rate schedule for detector training.
+"""Optimizer and learning-rate schedule, shared by detector and species-classifier training.
 
 ViTDet (arXiv 2203.16527, section 4) fine-tunes a pretrained ViT with AdamW and *layer-wise LR decay*: the deeper a
 block, the closer its LR to the base LR, because early blocks hold generic features that fine-tuning should move
 least. Block `i` of `L` gets `lr * layer_decay ** (L - i)`; the patch embedding (projection, register tokens,
 position embedding) sits below block 0 and gets `layer_decay ** (L + 1)`; the pyramid and the heads are new and
-get the full LR. Norm weights, biases, position embeddings and register tokens get no weight decay: shrinking them
+get the full LR. For a species classifier the ViT is the whole model (`body_prefix=""`) and its final norm and
+classification head are the new part (`head_prefixes`), as in BEiT's fine-tuning recipe. Norm weights, biases, position embeddings and register tokens get no weight decay: shrinking them
 towards zero is not regularisation, it changes what they mean.
 
 The schedule is one multiplicative factor per optimizer step (`LambdaLR`): linear warmup from `warmup_factor`, times
@@ -42,11 +43,20 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.split(".")[-1] in _NO_DECAY_NAMES
 
 
-def layer_lr_scale(name: str, *, num_layers: int, layer_decay: float, backbone_lr_mult: float = 1.0) -> float:
-    """LR multiplier of a parameter of `BirdDetector` named `name` (see the module docstring)."""
-    if not name.startswith(BODY_PREFIX):
+def layer_lr_scale(
+    name: str,
+    *,
+    num_layers: int,
+    layer_decay: float,
+    backbone_lr_mult: float = 1.0,
+    body_prefix: str = BODY_PREFIX,
+    head_prefixes: tuple[str, ...] = (),
+) -> float:
+    """LR multiplier of a parameter named `name` (see the module docstring): names outside `body_prefix` (the
+    ViT) or starting with one of `head_prefixes` are new layers at the full LR."""
+    if not name.startswith(body_prefix) or name.startswith(head_prefixes):
         return 1.0
-    local = name[len(BODY_PREFIX) :]
+    local = name[len(body_prefix) :]
     match = _BLOCK_RE.match(local)
     if match:
         depth = num_layers - int(match.group(1))
@@ -57,13 +67,27 @@ def layer_lr_scale(name: str, *, num_layers: int, layer_decay: float, backbone_l
     return backbone_lr_mult * layer_decay**depth
 
 
-def param_rules(model: nn.Module, *, layer_decay: float, backbone_lr_mult: float = 1.0) -> dict[str, ParamRule]:
-    """Name -> rule for every trainable parameter of a `BirdDetector` (frozen ones are left out)."""
-    num_layers = len(model.model.backbone.body.encoder.block)
+def param_rules(
+    model: nn.Module,
+    *,
+    layer_decay: float,
+    backbone_lr_mult: float = 1.0,
+    body_prefix: str = BODY_PREFIX,
+    head_prefixes: tuple[str, ...] = (),
+) -> dict[str, ParamRule]:
+    """Name -> rule for every trainable parameter (frozen ones are left out) of a `BirdDetector` (the default
+    prefixes) or of a bare `ViT` classifier (`body_prefix=""`, `head_prefixes=("norm.", "classifier.")`)."""
+    body = model.get_submodule(body_prefix.rstrip(".")) if body_prefix else model
+    num_layers = len(body.encoder.block)
     return {
         name: ParamRule(
             lr_scale=layer_lr_scale(
-                name, num_layers=num_layers, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult
+                name,
+                num_layers=num_layers,
+                layer_decay=layer_decay,
+                backbone_lr_mult=backbone_lr_mult,
+                body_prefix=body_prefix,
+                head_prefixes=head_prefixes,
             ),
             decay=not no_weight_decay(name, p),
         )
@@ -73,7 +97,14 @@ def param_rules(model: nn.Module, *, layer_decay: float, backbone_lr_mult: float
 
 
 def param_groups(
-    model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float, backbone_lr_mult: float = 1.0
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    backbone_lr_mult: float = 1.0,
+    body_prefix: str = BODY_PREFIX,
+    head_prefixes: tuple[str, ...] = (),
 ) -> list[dict]:
     """AdamW parameter groups, one per distinct (LR scale, decay) pair, in a stable order.
 
@@ -82,7 +113,14 @@ def param_groups(
     """
     params = dict(model.named_parameters())
     groups: dict[ParamRule, dict] = {}
-    for name, rule in param_rules(model, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult).items():
+    rules = param_rules(
+        model,
+        layer_decay=layer_decay,
+        backbone_lr_mult=backbone_lr_mult,
+        body_prefix=body_prefix,
+        head_prefixes=head_prefixes,
+    )
+    for name, rule in rules.items():
         group = groups.setdefault(
             rule,
             {
@@ -96,14 +134,18 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the layer-decayed groups of `model` (the unwrapped `BirdDetector`, not a DDP wrapper)."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, body_prefix: str = BODY_PREFIX, head_prefixes: tuple[str, ...] = ()
+) -> torch.optim.AdamW:
+    """AdamW over the layer-decayed groups of `model` (the unwrapped model, not a DDP wrapper)."""
     groups = param_groups(
         model,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         layer_decay=cfg.layer_decay,
         backbone_lr_mult=cfg.backbone_lr_mult,
+        body_prefix=body_prefix,
+        head_prefixes=head_prefixes,
     )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
 

@@ -75,3 +75,29 @@ def plot_ap(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     except Exception as err:  # noqa: BLE001
         logger.warning("could not draw %s: %s", path, err)
         return None
+
+
+def plot_accuracy(history: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Classifier top-1 (and top-5 when there is one) on val against the epoch."""
+    rows = [h for h in history if "top1" in h]
+    if not rows:
+        return None
+    try:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        epochs = [h["epoch"] for h in rows]
+        for key in ("top1", "top5"):
+            if any(key in h for h in rows):
+                ax.plot(epochs, [h.get(key, float("nan")) for h in rows], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("val accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return Path(path)
+    except Exception as err:  # noqa: BLE001
+        logger.warning("could not draw %s: %s", path, err)
+        return None

@@ -257,6 +257,14 @@ def plot_confusion_matrix(
     """Draw `confusion_matrix(...)` as a heat map with counts; see there for the matching rule."""
     matrix, cat_ids = confusion_matrix(coco_gt, results, score_threshold=score_threshold, iou_threshold=iou_threshold)
     names = [str(coco_gt.cats[c].get("name", c)) for c in cat_ids] + ["background"]
+    title = f"Confusion (score >= {score_threshold:g}, IoU >= {iou_threshold:g})"
+    return _plot_count_matrix(matrix, names, out_path, ylabel="ground truth", title=title)
+
+
+def _plot_count_matrix(
+    matrix: np.ndarray, names: Sequence[str], out_path: str | Path, *, ylabel: str, title: str
+) -> Path:
+    """A count matrix as a log-scaled heat map with its numbers (rows `ylabel`, columns predicted)."""
     plt = _pyplot()
     n = len(names)
     size = min(4 + 0.45 * n, 30)
@@ -264,8 +272,8 @@ def plot_confusion_matrix(
     ax.imshow(np.log1p(matrix), cmap="Blues")
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="ground truth")
-    ax.set_title(f"Confusion (score >= {score_threshold:g}, IoU >= {iou_threshold:g})")
+    ax.set(xlabel="predicted", ylabel=ylabel)
+    ax.set_title(title)
     if n <= 40:  # counts stop being legible beyond this
         dark = np.log1p(matrix) > np.log1p(matrix.max()) * 0.6  # same log scale as the colours
         for (r, c), v in np.ndenumerate(matrix):
@@ -306,3 +314,45 @@ def write_report(
         except Exception:  # a report without a plot beats no report; the numbers are on disk already
             logger.exception("could not draw the evaluation plots in %s", out)
     return written
+
+
+# -- species classifier ---------------------------------------------------------------------------------------------
+def classifier_metrics(
+    labels: Sequence[int], topk: Sequence[Sequence[int]], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """A classifier run's `metrics.json`: `top1`, `top5` (more than 5 classes only), `per_class` accuracy and the
+    confusion matrix (rows: true class, columns: predicted class, `class_names` order).
+
+    `topk[i]` lists sample `i`'s predicted class indices, best first (at least one).
+    """
+    n = len(class_names)
+    matrix = np.zeros((n, n), dtype=np.int64)
+    top5_hits = 0
+    for label, preds in zip(labels, topk, strict=True):
+        matrix[int(label), int(preds[0])] += 1
+        top5_hits += int(int(label) in [int(p) for p in preds[:5]])
+    total = int(matrix.sum())
+    counts = matrix.sum(axis=1)
+    out: dict[str, Any] = {"top1": float(np.trace(matrix) / total) if total else 0.0, "num_samples": total}
+    if n > 5:
+        out["top5"] = top5_hits / total if total else 0.0
+    out["per_class"] = [
+        {
+            "class_index": i,
+            "name": str(class_names[i]),
+            "count": int(counts[i]),
+            "accuracy": float(matrix[i, i] / counts[i]) if counts[i] else -1.0,
+        }
+        for i in range(n)
+    ]
+    out["confusion_matrix"] = {"classes": [str(c) for c in class_names], "counts": matrix.tolist()}
+    return out
+
+
+def plot_class_confusion(metrics: dict[str, Any], out_path: str | Path, *, title: str = "Classifier confusion") -> Path:
+    """Heat map of `classifier_metrics(...)["confusion_matrix"]` with counts (rows true, columns predicted)."""
+    names = metrics["confusion_matrix"]["classes"]
+    matrix = np.asarray(metrics["confusion_matrix"]["counts"], dtype=np.int64)
+    return _plot_count_matrix(
+        matrix, names, out_path, ylabel="true class", title=f"{title} (top-1 {metrics['top1']:.3f})"
+    )

@@ -342,8 +342,8 @@ class Trainer:
             )
 
         task.build_data(ckpt)
-        self.seeded = SeededDataset(task.train_set, t.seed)
         self.net = self._build_model(ckpt)
+        self.seeded = SeededDataset(task.train_set, t.seed)
         self.net.to(self.device)
         self.model = D.wrap_model(self.net, ctx)
         self.optimizer = task.build_optimizer(self.net)

@@ -23,7 +23,7 @@ import torch
 from birddet.backbone.vit import ViT
 from birddet.backbone.weights import REGISTERED_WEIGHTS, BackboneInfo, WeightsError, cache_dir, load_backbone
 from birddet.errors import InputError
-from birddet.models.classifier import crops_for_classifier
+from birddet.models.classifier import CROP_MARGIN, crops_for_classifier
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
 from birddet.pipeline.writers import Classification
 
@@ -31,9 +31,6 @@ __all__ = ["CROP_MARGIN", "SpeciesClassifier", "SpeciesResult", "default_classif
 
 logger = logging.getLogger(__name__)
 
-# Context around the box: birds are often cut tight by the detector, and the classifier was trained on whole-bird
-# photos with some background.
-CROP_MARGIN = 0.15
 # Upper bound on crops per forward pass: a frame full of a flock must not exhaust GPU memory.
 MAX_CROPS_PER_PASS = 64
 

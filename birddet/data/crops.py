@@ -1,0 +1,216 @@
+"""Crops of the boxes of a COCO split, for species-classifier training: a box's category is its class.
+
+Each item is one non-crowd box: its image is decoded with `CocoDetection` (validation, EXIF orientation, files whose
+stored size differs from the JSON), the box optionally jittered, and cut with `square_crops`, the crop rule predict
+uses (margin, square, clip, bicubic resize). With augmentation off, an item is bit for bit the crop that
+`birddet predict` hands the classifier for the same box. Flip and colour jitter then run on the uint8 crop
+(albumentations), and the crop is normalised with the classifier's `rgb_stats`.
+
+Classes are the categories of the training file, sorted by id; another split (val) is matched to them by name,
+case-insensitively, so a val file may number its categories differently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from birddet.config import CropAugmentConfig
+from birddet.data.coco import CocoDetection
+from birddet.data.images import ImageLoadError
+from birddet.errors import InputError
+from birddet.models.classifier import CROP_MARGIN, normalize_crops, square_crops
+
+__all__ = ["CocoCrops", "CropAugment"]
+
+log = logging.getLogger(__name__)
+
+
+class _Pixels:
+    """A `CocoDetection` transform that keeps the decoded image: uint8 [3, H, W] and boxes in its own pixels."""
+
+    resize_only = False
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, Any, Any]:
+        return torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).permute(2, 0, 1), boxes, labels
+
+
+class CropAugment:
+    """Training augmentation of one crop: box jitter before the crop rule, then flip and colour jitter.
+
+    `pipeline` is the albumentations `Compose` (the trainer seeds it per sample); box jitter draws from NumPy's
+    global RNG, which the trainer seeds per sample too.
+    """
+
+    def __init__(self, cfg: CropAugmentConfig) -> None:
+        if not 0.0 <= cfg.box_jitter < 0.5:
+            raise InputError(f"data.augment.box_jitter must be in [0, 0.5), got {cfg.box_jitter}")
+        self.box_jitter = float(cfg.box_jitter)
+        steps: list[A.BasicTransform] = []
+        if cfg.hflip > 0:
+            steps.append(A.HorizontalFlip(p=cfg.hflip))
+        if cfg.color_jitter > 0:
+            cj = float(cfg.color_jitter)
+            steps.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=0.8))
+        self.pipeline = A.Compose(steps)
+
+    def jitter(self, box: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Move each edge by up to `box_jitter` of the box's size, keeping at least 1 px inside the image."""
+        if self.box_jitter <= 0:
+            return box
+        x0, y0, x1, y1 = box.tolist()
+        w, h = x1 - x0, y1 - y0
+        dx0, dy0, dx1, dy1 = np.random.uniform(-self.box_jitter, self.box_jitter, 4)
+        nx0 = min(max(x0 + dx0 * w, 0.0), width - 1.0)
+        ny0 = min(max(y0 + dy0 * h, 0.0), height - 1.0)
+        nx1 = max(min(x1 + dx1 * w, float(width)), nx0 + 1.0)
+        ny1 = max(min(y1 + dy1 * h, float(height)), ny0 + 1.0)
+        return torch.tensor([nx0, ny0, nx1, ny1])
+
+    def __call__(self, crop: torch.Tensor) -> torch.Tensor:
+        """uint8 [3, H, W] -> augmented uint8 [3, H, W]."""
+        if not self.pipeline.transforms:
+            return crop
+        out = self.pipeline(image=np.ascontiguousarray(crop.permute(1, 2, 0).numpy()))["image"]
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
+
+
+def _category_names(dataset: CocoDetection) -> dict[int, str]:
+    """COCO id -> name of a split, refusing names that differ only in case (they would be one class)."""
+    names = {int(c["id"]): str(c["name"]) for c in dataset.coco["categories"]}
+    seen: dict[str, int] = {}
+    for cid, name in sorted(names.items()):
+        key = name.casefold()
+        if key in seen:
+            raise InputError(
+                f"{dataset.ann_file}: categories {seen[key]} and {cid} are both named {name!r} (names are matched "
+                "case-insensitively); give each class one category"
+            )
+        seen[key] = cid
+    return names
+
+
+class CocoCrops(Dataset):
+    """One item per non-crowd box of a COCO split: `(crop, label)`.
+
+    - `crop`: float32 [3, size, size], normalised with `rgb_stats` (see `crop` for the uint8 pixels);
+    - `label`: int, the index of the box's category in `class_names`.
+
+    `class_names=None` takes the classes from this file (the training split) and checks that there are at least two
+    and that each has boxes; otherwise this split's categories are matched to `class_names` by name (case-insensitive)
+    and a category name outside them is an error listing both sets.
+
+    A training split (`skip_bad_images=True`) replaces a crop whose image cannot be decoded by the next crop and
+    records it in `skipped`; a validation split raises instead.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike[str],
+        image_root: str | os.PathLike[str],
+        *,
+        size: int,
+        rgb_stats: dict[str, Sequence[float]] | None = None,
+        class_names: Sequence[str] | None = None,
+        augment: CropAugment | None = None,
+        skip_bad_images: bool = True,
+        margin: float = CROP_MARGIN,
+    ) -> None:
+        self.source = CocoDetection(ann_file, image_root, _Pixels(), skip_bad_images=False)
+        self.ann_file = self.source.ann_file
+        self.size = (int(size), int(size))
+        # Set before the first item is read; a trainer fills it in once the weights file says what it is.
+        self.rgb_stats = {k: list(v) for k, v in rgb_stats.items()} if rgb_stats else {}
+        self.transforms = augment
+        self.skip_bad_images = skip_bad_images
+        self.margin = margin
+        names = _category_names(self.source)
+        if class_names is None:
+            self.class_names = [names[cid] for cid in sorted(names)]
+        else:
+            self.class_names = list(class_names)
+        label_of = self._labels_by_category(names, class_names is None)
+        # (image index, box index within the image's non-crowd boxes, class label)
+        self.items: list[tuple[int, int, int]] = []
+        for i, image_id in enumerate(self.source.image_ids):
+            anns = [a for a in self.source.anns_by_image[image_id] if not a.get("iscrowd", 0)]
+            self.items.extend((i, k, label_of[a["category_id"]]) for k, a in enumerate(anns))
+        if not self.items:
+            raise InputError(f"{self.ann_file} has no boxes to crop (every image is empty or crowd-only)")
+        if class_names is None:
+            self._check_every_class_has_boxes()
+        self.skipped: dict[str, str] = {}
+
+    def _labels_by_category(self, names: dict[int, str], defines_classes: bool) -> dict[int, int]:
+        index = {name.casefold(): i for i, name in enumerate(self.class_names)}
+        if defines_classes and len(self.class_names) < 2:
+            raise InputError(
+                f"{self.ann_file} has {len(self.class_names)} categor{'y' if len(self.class_names) == 1 else 'ies'} "
+                f"({', '.join(map(repr, self.class_names)) or 'none'}); a classifier needs at least two classes. "
+                "Label boxes with their species (or add a 'not a bird' class)"
+            )
+        used = {a["category_id"] for a in self.source.coco["annotations"] if not a.get("iscrowd", 0)}
+        unknown = sorted(names[c] for c in used if names[c].casefold() not in index)
+        if unknown:
+            raise InputError(
+                f"{self.ann_file} has boxes of categories the classifier does not know: {', '.join(unknown)}; "
+                f"the classifier's classes are {', '.join(self.class_names)}. Category names are matched "
+                "case-insensitively: rename them, or train on a split that has them"
+            )
+        return {cid: index[name.casefold()] for cid, name in names.items() if name.casefold() in index}
+
+    def _check_every_class_has_boxes(self) -> None:
+        counts = self.class_counts()
+        empty = [name for name, n in zip(self.class_names, counts) if n == 0]
+        if empty:
+            raise InputError(
+                f"{self.ann_file}: class(es) {', '.join(map(repr, empty))} have no boxes to train on; add examples "
+                "or remove those categories from the file"
+            )
+
+    def class_counts(self) -> list[int]:
+        """Number of crops per class, in `class_names` order."""
+        counts = [0] * len(self.class_names)
+        for _, _, label in self.items:
+            counts[label] += 1
+        return counts
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, _, label in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def crop(self, index: int) -> torch.Tensor:
+        """The uint8 crop [3, size, size] of item `index` (augmented when the dataset has an augmentation)."""
+        image_index, k, _ = self.items[index]
+        image, target = self.source[image_index]
+        box = target["boxes"][k]
+        if self.transforms is not None:
+            box = self.transforms.jitter(box, image.shape[-1], image.shape[-2])
+        crop = square_crops(image, box[None], self.size, margin=self.margin)[0]
+        return self.transforms(crop) if self.transforms is not None else crop
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(len(self) if self.skip_bad_images else 1):
+            i = (index + attempt) % len(self)
+            try:
+                crop = self.crop(i)
+            except ImageLoadError as err:
+                if not self.skip_bad_images:
+                    raise
+                path = str(self.source.image_path(self.items[i][0]))
+                if path not in self.skipped:
+                    log.warning("skipping a crop of a bad image (using the next crop instead): %s", err)
+                self.skipped[path] = str(err)
+                continue
+            return normalize_crops(crop[None], self.rgb_stats)[0], self.items[i][2]
+        raise InputError(f"{self.ann_file}: no image in the dataset could be decoded; see the warnings above")
