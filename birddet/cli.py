@@ -71,8 +71,15 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="COCO mAP of a detector checkpoint on an annotated split")
+    p = sub.add_parser(
+        "eval",
+        help="COCO mAP of a detector checkpoint on an annotated split (species-level with --classifier)",
+        description="COCO mAP of a detector. With --classifier, species-level mAP of detect-then-classify: each box "
+        "is scored under its top-1 species with detection score x species probability, against ground truth "
+        "whose categories are species (matched to the classifier's classes by name, case-insensitively).",
+    )
     p.add_argument("checkpoint", help="detector checkpoint (best.pt / last.pt)")
+    p.add_argument("--classifier", default=None, help="birder classifier file (e.g. a train-classifier RUN/best.pt)")
     p.add_argument("--ann", required=True, help="COCO ground-truth JSON")
     p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")
     p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval-<split>)")
@@ -99,6 +106,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from birddet.engine.runner import evaluate_checkpoint
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.ann).stem}"
+    if args.classifier:
+        return _run_eval_two_stage(args, out)
     result = evaluate_checkpoint(
         args.checkpoint,
         ann=args.ann,
@@ -113,6 +122,35 @@ def _run_eval(args: argparse.Namespace) -> int:
     )
     if result is not None:  # None on non-zero ranks under torchrun
         print(format_table(result))
+        print(f"results written to {out}")
+    return 0
+
+
+def _run_eval_two_stage(args: argparse.Namespace, out: Path) -> int:
+    from birddet.engine.reports import format_table
+    from birddet.engine.two_stage import evaluate_two_stage
+
+    outcome = evaluate_two_stage(
+        args.checkpoint,
+        args.classifier,
+        ann=args.ann,
+        images=args.images,
+        out_dir=out,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        amp=args.amp,
+        device=args.device,
+        plots=not args.no_plots,
+        conf_threshold=args.conf,
+    )
+    if outcome is not None:  # None on non-zero ranks under torchrun
+        result, two_stage = outcome
+        print(format_table(result))
+        top1 = two_stage["classifier_top1"]
+        print(
+            f"species scored as {two_stage['score']}; classifier top-1 on the {two_stage['classifier_matched']} "
+            f"detections matched at IoU {two_stage['match_iou']}: {'n/a' if top1 is None else f'{top1:.4f}'}"
+        )
         print(f"results written to {out}")
     return 0
 

@@ -28,12 +28,12 @@ from birddet.data.images import ImageLoadError
 from birddet.errors import InputError
 from birddet.models.classifier import CROP_MARGIN, normalize_crops, square_crops
 
-__all__ = ["CocoCrops", "CropAugment"]
+__all__ = ["CocoCrops", "CropAugment", "KeepPixels"]
 
 log = logging.getLogger(__name__)
 
 
-class _Pixels:
+class KeepPixels:
     """A `CocoDetection` transform that keeps the decoded image: uint8 [3, H, W] and boxes in its own pixels."""
 
     resize_only = False
@@ -123,7 +123,7 @@ class CocoCrops(Dataset):
         skip_bad_images: bool = True,
         margin: float = CROP_MARGIN,
     ) -> None:
-        self.source = CocoDetection(ann_file, image_root, _Pixels(), skip_bad_images=False)
+        self.source = CocoDetection(ann_file, image_root, KeepPixels(), skip_bad_images=False)
         self.ann_file = self.source.ann_file
         self.size = (int(size), int(size))
         # Set before the first item is read; a trainer fills it in once the weights file says what it is.
