@@ -38,8 +38,8 @@ def test_a_single_process_is_a_world_of_one(monkeypatch):
     assert gather_lists([1, 2]) == [1, 2]
 
 
-def _torchrun_train(config: Path, run: Path, cwd: Path, *extra: str) -> str:
-    """`torchrun --nproc_per_node=2 tools/train.py CONFIG --out RUN EXTRA...` on CPU (gloo); returns its output."""
+def _torchrun_train(config: Path, run: Path, cwd: Path, *extra: str, tool: str = "train.py") -> str:
+    """`torchrun --nproc_per_node=2 tools/TOOL CONFIG --out RUN EXTRA...` on CPU (gloo); returns its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -50,7 +50,7 @@ def _torchrun_train(config: Path, run: Path, cwd: Path, *extra: str) -> str:
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
-        str(REPO / "tools" / "train.py"),
+        str(REPO / "tools" / tool),
         str(config),
         "--out",
         str(run),
@@ -105,3 +105,20 @@ def test_resumed_two_process_run_continues_exactly_with_every_ranks_rng(tmp_path
         return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
 
     assert losses(full) == losses(resumed) and len(losses(full)) == 4
+
+
+def test_two_process_ddp_classifier_run_validates_every_crop_once_and_only_rank_0_writes(tmp_path: Path):
+    from test_classifier_training import tiny_classifier_config
+
+    data = tmp_path / "data"
+    make_synthetic_coco(data, num_train=8, num_val=4, seed=0)
+    cfg = tiny_classifier_config(data, epochs=1, batch_size=4)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    run = tmp_path / "run"
+    output = _torchrun_train(config, run, tmp_path, tool="train_classifier.py")
+    assert "rank 0 of 2" in output and "rank 1 of 2" in output
+    assert {"best.pt", "last.pt", "metrics.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    val = json.loads((data / "val.json").read_text())
+    assert metrics["num_samples"] == sum(1 for a in val["annotations"] if not a.get("iscrowd", 0))
