@@ -124,12 +124,17 @@ def test_eval_with_classifier_and_unknown_species_exits_2_listing_both_sets(trai
     assert "'Grey Heron'" in err and "'songbird', 'wader', 'raptor'" in err
 
 
-def test_predict_with_the_trained_classifier_names_species(trained, capsys):
-    d, out = trained["data"], trained["root"] / "predict"
-    argv = ["predict", str(trained["det"]), str(d / "images"), "--classifier", str(trained["cls"]), "--out", str(out)]
-    assert main([*argv, "--workers", "0", "--device", "cpu", "--conf", "0.0", "--classify-conf", "0.0"]) == 0
-    md = json.loads((out / "megadetector.json").read_text())
-    assert set(md.get("classification_categories", {}).values()) <= set(SPECIES.values())
-    classified = [det for img in md["images"] for det in img.get("detections", []) if det.get("classifications")]
-    if classified:  # a random detector may find nothing; when it finds something, it is named
-        assert md["classification_categories"]
+def test_predict_with_the_trained_classifier_names_species(trained, monkeypatch):
+    from test_predict import _read, fake_boxes
+
+    from birddet.pipeline.predict import PredictOptions, run_prediction
+
+    fake_boxes(monkeypatch)  # two fixed boxes per image, scores 0.9 and 0.05
+    out = trained["root"] / "predict"
+    opts = PredictOptions(conf=0.0, classifier=str(trained["cls"]), classify_conf=0.5, workers=0, device="cpu")
+    images = sorted((trained["data"] / "images").glob("val_*.jpg"))[:2]
+    run_prediction(trained["det"], images, out, opts)
+    md, _, rows = _read(out)
+    assert set(md["classification_categories"].values()) <= set(SPECIES.values())
+    named = [r["species"] for r in rows if r["species"]]
+    assert len(named) == 2 and set(named) <= set(SPECIES.values())  # one confident box per image
