@@ -136,15 +136,17 @@ def evaluate_two_stage(
     ann: str | Path,
     images: str | Path,
     out_dir: str | Path,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     workers: int = 2,
-    amp: bool = False,
+    amp: bool | str | None = None,
     device: str = "auto",
     plots: bool = True,
     conf_threshold: float = 0.5,
 ) -> tuple[Any, dict[str, Any]] | None:
     """Detect, classify and score against species ground truth; writes `results.json` and the report into
-    `out_dir`. Returns `(EvalResult, two_stage dict)` on rank 0 and None on the other ranks."""
+    `out_dir`. Returns `(EvalResult, two_stage dict)` on rank 0 and None on the other ranks.
+
+    `batch_size` and `amp` default to the detector run's validation settings, as in `evaluate_checkpoint`."""
     from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.crops import KeepPixels
     from birddet.data.transforms import build_eval_transforms
@@ -165,10 +167,10 @@ def evaluate_two_stage(
             )
         detector = detector_from_checkpoint(read_checkpoint(checkpoint), str(checkpoint)).to(ctx.device).eval()
         cfg = detector.config
+        batch_size = batch_size or cfg.train.eval_batch_size
+        amp = cfg.train.amp if amp is None else amp
         cmap = CategoryMap.from_dict(gt_categories)
-        dataset = CocoDetection(
-            str(ann), str(images), build_eval_transforms(cfg.model.max_size or cfg.model.image_size), category_map=cmap
-        )
+        dataset = CocoDetection(str(ann), str(images), build_eval_transforms(cfg.model.input_size), category_map=cmap)
         detections = run_detector(
             detector, dataset, batch_size=batch_size, workers=workers, amp=amp, device=ctx.device, progress=True
         )
