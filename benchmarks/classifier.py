@@ -29,8 +29,9 @@ from birddet.backbone.vit import ViT
 
 
 def _cpu() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers are reaped after each epoch)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def per_crop_ms(preset: str, size: int, *, train: bool, batch: int, repeats: int, device: torch.device) -> float:
