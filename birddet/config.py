@@ -159,6 +159,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_steps: int | None = None
+    # Minutes the run may take, evaluation and checkpoints included: after measuring its first epoch the run sets
+    # its epoch count (and LR schedule) to fit; `epochs` then only shapes the first epoch's schedule. Null: no budget.
+    time_budget: float | None = None
+    # What the budget counts: "wall" (real time) or "cpu" (this process's CPU time; comparable on a shared machine).
+    budget_clock: Literal["wall", "cpu"] = "wall"
 
 
 @dataclass

@@ -202,3 +202,22 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step `LambdaLR`; its state dict holds only numbers, so it round-trips through `weights_only` loading."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn(cfg, total_steps))
+
+
+def resize_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The same schedule stretched or shrunk to `total_steps`, continuing at the step `scheduler` has reached.
+
+    A time-budgeted run learns its length only after its first epoch; the LR from then on is what the new length
+    gives at the current step (a small jump in a cosine that has barely moved), so the decay completes at the end.
+    """
+    state = scheduler.state_dict()
+    optimizer = scheduler.optimizer
+    resized = build_scheduler(optimizer, cfg, total_steps)
+    resized.load_state_dict(state)
+    factor = resized.lr_lambdas[0](resized.last_epoch)
+    for group, base in zip(optimizer.param_groups, resized.base_lrs):
+        group["lr"] = base * factor
+    resized._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return resized
