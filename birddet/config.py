@@ -122,6 +122,12 @@ class AugmentConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
     hflip: float = 0.5
     color_jitter: float = 0.4
+    # Probability that a training sample is a 2x2 mosaic with three other images (YOLOv4); 0 disables it.
+    mosaic: float = 0.0
+    # Train the last N epochs without mosaic (YOLO's close_mosaic), so the model ends on whole photos.
+    mosaic_off_epochs: int = 0
+    # Probability of pasting birds (boxes with a feathered margin) from another training image; 0 disables it.
+    copy_paste: float = 0.0
 
 
 @dataclass

@@ -62,3 +62,122 @@ def test_eval_transform_resizes_longest_side_and_reports_scale():
     assert t.scale_for(100, 80) == pytest.approx(0.5)
     np.testing.assert_allclose(boxes, [[5.0, 5.0, 20.0, 25.0]], atol=1e-4)
     assert labels.tolist() == [3]
+
+
+# -- mosaic and copy-paste ---------------------------------------------------------------------------------------------
+#: Each label's solid colour; the background is a grey none of them is close to, and not the mosaic's pad colour.
+LABEL_COLOURS = {1: (230, 20, 20), 2: (20, 230, 20), 3: (20, 20, 230), 4: (230, 230, 20), 5: (230, 20, 230)}
+BACKGROUND = (60, 60, 60)
+
+
+def _painted(h: int, w: int, boxes: list[tuple[int, int, int, int]], labels: list[int]) -> tuple[np.ndarray, ...]:
+    """An image whose boxes are filled with their label's colour: a box's pixels say which label they belong to."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = BACKGROUND
+    for (x0, y0, x1, y1), lab in zip(boxes, labels):
+        img[y0:y1, x0:x1] = LABEL_COLOURS[lab]
+    return img, np.array(boxes, np.float32), np.array(labels, np.int64)
+
+
+def _colour_mask(img: np.ndarray, label: int) -> np.ndarray:
+    return np.abs(img.astype(int) - np.array(LABEL_COLOURS[label])).max(-1) < 40
+
+
+def test_mosaic_keeps_every_box_on_its_pixels_with_its_label():
+    # Four photos of different shapes (16:9, portrait, square, 4:3), one label per photo-box so a colour names a box.
+    items = [
+        _painted(180, 320, [(40, 30, 120, 90)], [1]),
+        _painted(320, 180, [(20, 200, 150, 300)], [2]),
+        _painted(200, 200, [(100, 10, 190, 60)], [3]),
+        _painted(240, 320, [(10, 150, 90, 230), (200, 20, 300, 120)], [4, 5]),
+    ]
+    t = build_train_transforms(128, scale_range=(1.0, 1.0), hflip=0.0, color_jitter=0.0, mosaic=1.0)
+    assert t.extra_images == 3
+    boxes_seen, labels_seen = 0, set()
+    for seed in range(12):
+        np.random.seed(seed)
+        out, boxes, labels = t(*items[0], extra=items[1:])
+        img = (out.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert img.shape == (128, 128, 3) and len(boxes) == len(labels)
+        for box, lab in zip(boxes, labels):
+            x0, y0, x1, y1 = box
+            # The box is exactly where its colour is: its pixels are its label's colour...
+            inner = img[int(np.ceil(y0)) + 1 : int(y1) - 1, int(np.ceil(x0)) + 1 : int(x1) - 1]
+            assert not inner.size or _colour_mask(inner, int(lab)).mean() > 0.97
+            # ...and it is tight: the colour's extent in the whole image matches the box to within 1.5 px.
+            ys, xs = np.nonzero(_colour_mask(img, int(lab)))
+            np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1.5)
+            boxes_seen += 1
+            labels_seen.add(int(lab))
+        # Every colour that shows most of its box (scaled as the tile was) has its box and label.
+        for lab in LABEL_COLOURS:
+            src = next(it for it in items if lab in it[2])
+            full = src[1][list(src[2]).index(lab)]
+            tile_scale = 128 / max(src[0].shape[:2])
+            area = (full[2] - full[0]) * (full[3] - full[1]) * tile_scale**2
+            if _colour_mask(img, lab).sum() > 0.6 * area:
+                assert lab in labels.tolist()
+    assert boxes_seen >= 20  # the check above ran on plenty of boxes
+    assert len(labels_seen) >= 4  # ...from at least three of the four photos
+
+
+def test_mosaic_is_off_for_the_last_epochs():
+    t = build_train_transforms(64, mosaic=1.0, mosaic_off_epochs=2)
+    t.set_epoch(7, 10)
+    assert t.extra_images == 3
+    t.set_epoch(8, 10)
+    assert t.extra_images == 0
+    image, boxes, labels = _painted(100, 100, [(10, 10, 50, 50)], [1])
+    out, _, _ = t(image, boxes, labels)  # no other images needed once mosaic is off
+    assert out.shape == (3, 64, 64)
+
+
+def test_defaults_leave_todays_pipeline_unchanged():
+    t = build_train_transforms(64)
+    assert t.extra_images == 0 and t.mosaic_pipeline is None
+    names = [type(s).__name__ for s in t.pipeline.transforms]
+    assert names == ["LongestMaxSize", "RandomScale", "PadIfNeeded", "RandomCrop", "HorizontalFlip", "ColorJitter"]
+
+
+def test_copy_paste_adds_source_birds_at_their_relative_size_without_overlap():
+    from birddet.data.transforms import PASTE_MAX_IOU, paste_boxes
+
+    target = _painted(200, 300, [(10, 10, 60, 60)], [1])
+    # The source photo is twice as large: its 80x60 bird becomes 40x30 in the target.
+    source = _painted(400, 600, [(100, 100, 180, 160), (400, 200, 480, 280)], [2, 3])
+    np.random.seed(0)
+    image, boxes, labels = paste_boxes(*target, source)
+    assert labels.tolist()[0] == 1 and sorted(labels.tolist()[1:]) == [2, 3]
+    for box, lab in zip(boxes[1:], labels[1:]):
+        w, h = box[2] - box[0], box[3] - box[1]
+        assert (w, h) == pytest.approx((40, 30) if lab == 2 else (40, 40), abs=1.0)
+        inner = image[int(box[1]) + 2 : int(box[3]) - 2, int(box[0]) + 2 : int(box[2]) - 2]
+        assert _colour_mask(inner, int(lab)).mean() > 0.97
+    from birddet.data.transforms import _iou
+
+    for i in range(len(boxes)):
+        others = np.delete(boxes, i, axis=0)
+        assert _iou(boxes[i], others).max() <= PASTE_MAX_IOU
+    assert _colour_mask(image, 1)[10:60, 10:60].all()  # the original bird is untouched
+
+
+def test_dataset_hands_mosaic_its_other_images(tmp_path):
+    from birddet.data.coco import CocoDetection
+    from birddet.data.synthetic import make_synthetic_coco
+
+    paths = make_synthetic_coco(tmp_path, num_train=6, num_val=0, seed=1)
+    t = build_train_transforms(96, scale_range=(1.0, 1.0), mosaic=1.0, copy_paste=1.0)
+    ds = CocoDetection(paths["train"], paths["images"], t)
+    assert t.extra_images == 4
+    counts = []
+    for i in range(len(ds)):
+        np.random.seed(i)
+        image, target = ds[i]
+        assert image.shape == (3, 96, 96)
+        b = target["boxes"]
+        assert ((b >= 0) & (b <= 96)).all() and (b[:, 2:] > b[:, :2]).all()
+        assert len(target["labels"]) == len(b)
+        counts.append(len(b))
+    # A mosaic with pasted birds holds more birds than the 0-4 of a single synthetic image, on average.
+    single = [len(a) for a in ds.anns_by_image.values()]
+    assert np.mean(counts) > np.mean(single)

@@ -483,13 +483,9 @@ class CocoDetection(Dataset):
 
     def _load_item(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.image_ids[index]
-        info = self.images[image_id]
-        pixels = self._load_pixels(index)
-        boxes, labels = self._targets(image_id)
+        pixels, boxes, labels = self._raw_item(index)
         orig_h, orig_w = pixels.shape[:2]
-        if (orig_w, orig_h) != (info["width"], info["height"]):
-            boxes = _rescale_boxes(boxes, (info["width"], info["height"]), (orig_w, orig_h))
-        image, boxes_t, labels_t, scale = self._apply_transforms(pixels, boxes, labels)
+        image, boxes_t, labels_t, scale = self._apply_transforms(pixels, boxes, labels, self._extra_items())
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes_t, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.as_tensor(np.asarray(labels_t, dtype=np.int64)).reshape(-1),
@@ -499,6 +495,31 @@ class CocoDetection(Dataset):
         if scale is not None:
             target["scale"] = scale
         return image, target
+
+    def _raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoded pixels with their xyxy boxes (in those pixels) and labels, before any transform."""
+        image_id = self.image_ids[index]
+        info = self.images[image_id]
+        pixels = self._load_pixels(index)
+        boxes, labels = self._targets(image_id)
+        if (pixels.shape[1], pixels.shape[0]) != (info["width"], info["height"]):
+            boxes = _rescale_boxes(boxes, (info["width"], info["height"]), (pixels.shape[1], pixels.shape[0]))
+        return pixels, boxes, labels
+
+    def _extra_items(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Other random samples for a transform that mixes images (mosaic, copy-paste); none for the others.
+
+        Drawn from NumPy's global RNG, which the trainer seeds per sample; an undecodable one is left out (the
+        transform copes with fewer), since the sample itself is fine.
+        """
+        count = int(getattr(self.transforms, "extra_images", 0))
+        items = []
+        for j in np.random.randint(len(self), size=count) if count else ():
+            try:
+                items.append(self._raw_item(int(j)))
+            except ImageLoadError as e:
+                self.skipped[str(self.image_path(int(j)))] = str(e)
+        return items
 
     def _load_pixels(self, index: int) -> np.ndarray:
         """Decode to uint8 HWC; undo the EXIF rotation when the JSON size matches the raw (unrotated) pixels."""
@@ -526,12 +547,15 @@ class CocoDetection(Dataset):
         return boxes, labels
 
     def _apply_transforms(
-        self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+        self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray, extra: list[Any]
     ) -> tuple[torch.Tensor, Any, Any, tuple[float, float] | None]:
         h, w = pixels.shape[:2]
         if self.transforms is None:
             return to_tensor(pixels), boxes, labels, (1.0, 1.0)
-        image, boxes_t, labels_t = self.transforms(pixels, boxes, labels)
+        if extra:
+            image, boxes_t, labels_t = self.transforms(pixels, boxes, labels, extra)
+        else:
+            image, boxes_t, labels_t = self.transforms(pixels, boxes, labels)
         scale = None
         if getattr(self.transforms, "resize_only", False):
             scale = (image.shape[-2] / h, image.shape[-1] / w)

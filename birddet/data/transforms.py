@@ -14,6 +14,18 @@ Training uses ViTDet's large-scale jitter (LSJ, arXiv 2203.16527 / 2012.07177): 
 species apart. A box keeps its place only if at least `MIN_VISIBILITY` of its area and `MIN_BOX_SIDE` px per side
 survive the crop: a sliver of a wing is a worse target than none.
 
+Small-data options (`data.augment`, all off by default):
+  - mosaic (YOLOv4, arXiv 2004.10934): albumentations' `Mosaic` tiles the sample with three other training images on a
+    2x2 grid, each fitted whole into a `size x size` cell (letterboxed, so objects keep the scale evaluation sees),
+    and crops a `size x size` view around a random centre; LSJ's scale jitter, flip and colour jitter follow. It
+    shows four images' birds on varied context per step, which is what a few hundred photos lack. Like YOLO's
+    `close_mosaic`, it can be switched off for the last epochs (`set_epoch`), so the model ends on whole photos.
+  - copy-paste (Ghiasi et al., arXiv 2012.07177, with boxes instead of masks): birds cut from another training image,
+    each with a feathered margin, are pasted where they overlap no other bird, at the scale they had relative to
+    their own image.
+Both need other images: `extra_images` says how many the dataset must hand over with each sample; every random
+choice comes from NumPy's global RNG, which the trainer seeds per sample, so a step's data stays reproducible.
+
 Evaluation resizes the longest side to `size` and keeps the aspect ratio, without padding: torchvision's
 `GeneralizedRCNNTransform` pads batches itself, and an unpadded image lets the scale be read off its shape.
 `EvalTransform.scale_for(h, w)` gives the factor; the dataset also stores it per image as `target["scale"]`.
@@ -28,7 +40,14 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["EvalTransform", "TrainTransform", "build_eval_transforms", "build_train_transforms", "to_tensor"]
+__all__ = [
+    "EvalTransform",
+    "TrainTransform",
+    "build_eval_transforms",
+    "build_train_transforms",
+    "paste_boxes",
+    "to_tensor",
+]
 
 #: ImageNet mean in 0..255: padding with it becomes ~0 after the detector's normalisation, i.e. "no signal".
 PAD_FILL = (124, 116, 104)
@@ -36,6 +55,12 @@ PAD_FILL = (124, 116, 104)
 MIN_VISIBILITY = 0.3
 #: Boxes thinner than this many pixels after a transform are dropped (they cannot be regressed meaningfully).
 MIN_BOX_SIDE = 2.0
+#: Other images a mosaic needs: a 2x2 grid holds the sample and three more.
+MOSAIC_EXTRA = 3
+#: Copy-paste: a pasted bird may overlap an existing one by at most this IoU (none hides another), and its cut-out
+#: carries a margin of this fraction of its size, feathered to transparent, so no hard rectangle edge is learnt.
+PASTE_MAX_IOU = 0.05
+PASTE_MARGIN = 0.15
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -64,8 +89,66 @@ class _AlbumentationsDetectionTransform:
         return to_tensor(out["image"]), out_boxes, out_labels
 
 
+#: An (image, xyxy boxes, labels) triple as the dataset hands other training images to the transform.
+Item = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 class TrainTransform(_AlbumentationsDetectionTransform):
-    """LSJ + flip + colour jitter to a fixed `size x size` square (see module docstring)."""
+    """LSJ + flip + colour jitter to a fixed `size x size` square, optionally mosaic and copy-paste (module docstring).
+
+    `t(image, boxes, labels, extra)` takes `extra_images` other training samples in `extra` (fewer are tolerated:
+    mosaic then repeats the sample, copy-paste skips).
+    """
+
+    def __init__(
+        self,
+        pipeline: A.Compose,
+        *,
+        mosaic_pipeline: A.Compose | None = None,
+        mosaic: float = 0.0,
+        mosaic_off_epochs: int = 0,
+        copy_paste: float = 0.0,
+        copy_paste_max: int = 3,
+    ) -> None:
+        super().__init__(pipeline)
+        self.mosaic_pipeline = mosaic_pipeline
+        self.mosaic = mosaic if mosaic_pipeline is not None else 0.0
+        self.mosaic_off_epochs = mosaic_off_epochs
+        self.mosaic_on = self.mosaic > 0
+        self.copy_paste = copy_paste
+        self.copy_paste_max = copy_paste_max
+
+    @property
+    def extra_images(self) -> int:
+        """How many other training samples each call wants: 3 for mosaic (while on), 1 for copy-paste."""
+        return (MOSAIC_EXTRA if self.mosaic_on else 0) + (1 if self.copy_paste > 0 else 0)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Mosaic stays on for epochs `0 .. epochs - mosaic_off_epochs - 1` (YOLO's close_mosaic)."""
+        self.mosaic_on = self.mosaic > 0 and epoch < epochs - self.mosaic_off_epochs
+
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, extra: Sequence[Item] = ()
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        extra = list(extra)
+        if self.copy_paste > 0:
+            source = extra.pop() if extra else None
+            if source is not None and np.random.random() < self.copy_paste:
+                image, boxes, labels = paste_boxes(image, boxes, labels, source, max_count=self.copy_paste_max)
+        if not (self.mosaic_on and np.random.random() < self.mosaic):
+            return super().__call__(image, boxes, labels)
+        assert self.mosaic_pipeline is not None
+        self.mosaic_pipeline.set_random_seed(int(np.random.randint(2**31)))
+        others = [
+            {"image": img, "bboxes": np.asarray(b, np.float32).reshape(-1, 4), "labels": np.asarray(lab, np.int64)}
+            for img, b, lab in extra[:MOSAIC_EXTRA]
+        ]
+        out = self.mosaic_pipeline(image=image, bboxes=boxes, labels=labels, mosaic_metadata=others)
+        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        return to_tensor(out["image"]), out_boxes, out_labels
 
 
 class EvalTransform(_AlbumentationsDetectionTransform):
@@ -105,22 +188,9 @@ def _bbox_params(min_visibility: float) -> A.BboxParams:
     )
 
 
-def build_train_transforms(
-    size: int,
-    *,
-    scale_range: Sequence[float] = (0.1, 2.0),
-    hflip: float = 0.5,
-    color_jitter: float = 0.4,
-) -> TrainTransform:
-    """ViTDet large-scale jitter to `size x size`, horizontal flip with probability `hflip`, colour jitter.
-
-    `color_jitter` is the brightness/contrast/saturation strength (0 disables it); hue is left alone.
-    """
-    lo, hi = float(scale_range[0]), float(scale_range[1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
-    steps: list[A.BasicTransform] = [
-        _longest_side(size),
+def _lsj_steps(size: int, lo: float, hi: float) -> list[A.BasicTransform]:
+    """Scale by U(lo, hi), pad (bottom/right) to at least `size x size`, random-crop `size x size`."""
+    return [
         # RandomScale's limits are offsets from 1: factor ~ U(1 + lo', 1 + hi').
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
         A.PadIfNeeded(
@@ -128,12 +198,125 @@ def build_train_transforms(
         ),
         A.RandomCrop(height=size, width=size, p=1.0),
     ]
+
+
+def build_train_transforms(
+    size: int,
+    *,
+    scale_range: Sequence[float] = (0.1, 2.0),
+    hflip: float = 0.5,
+    color_jitter: float = 0.4,
+    mosaic: float = 0.0,
+    mosaic_off_epochs: int = 0,
+    copy_paste: float = 0.0,
+) -> TrainTransform:
+    """ViTDet large-scale jitter to `size x size`, horizontal flip with probability `hflip`, colour jitter.
+
+    `color_jitter` is the brightness/contrast/saturation strength (0 disables it); hue is left alone. `mosaic` and
+    `copy_paste` are per-sample probabilities (0 disables them); `mosaic_off_epochs` turns mosaic off for the last
+    epochs of a run (see the module docstring).
+    """
+    lo, hi = float(scale_range[0]), float(scale_range[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
+    for name, p in (("mosaic", mosaic), ("copy_paste", copy_paste)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    if mosaic_off_epochs < 0:
+        raise ValueError(f"mosaic_off_epochs must be >= 0, got {mosaic_off_epochs}")
+    finish: list[A.BasicTransform] = []
     if hflip > 0:
-        steps.append(A.HorizontalFlip(p=hflip))
+        finish.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0:
         cj = float(color_jitter)
-        steps.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=0.8))
-    return TrainTransform(A.Compose(steps, bbox_params=_bbox_params(MIN_VISIBILITY)))
+        finish.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=0.8))
+    whole = [_longest_side(size), *_lsj_steps(size, lo, hi)]
+    mosaic_pipeline = None
+    if mosaic > 0:
+        tiles = A.Mosaic(
+            grid_yx=(2, 2),
+            target_size=(size, size),
+            cell_shape=(size, size),
+            fit_mode="contain",  # each image whole and at evaluation scale; YOLO letterboxes its mosaic tiles too
+            fill=PAD_FILL,
+            p=1.0,
+        )
+        mosaic_pipeline = A.Compose(
+            [tiles, *_lsj_steps(size, lo, hi), *finish], bbox_params=_bbox_params(MIN_VISIBILITY)
+        )
+    return TrainTransform(
+        A.Compose([*whole, *finish], bbox_params=_bbox_params(MIN_VISIBILITY)),
+        mosaic_pipeline=mosaic_pipeline,
+        mosaic=mosaic,
+        mosaic_off_epochs=mosaic_off_epochs,
+        copy_paste=copy_paste,
+    )
+
+
+def paste_boxes(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, source: Item, *, max_count: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste up to `max_count` boxes of `source` into `image` where they overlap no box (copy-paste with boxes).
+
+    Each cut-out is scaled by the ratio of the two images' longest sides (a bird keeps its size relative to the
+    photo), carries a `PASTE_MARGIN` margin feathered to transparent, and lands at a random spot whose box has
+    IoU <= `PASTE_MAX_IOU` with every box already there (earlier pastes included). Returns new arrays.
+    """
+    src_img, src_boxes, src_labels = source
+    src_boxes = np.asarray(src_boxes, dtype=np.float32).reshape(-1, 4)
+    if not len(src_boxes):
+        return image, boxes, labels
+    out = image.copy()
+    h, w = out.shape[:2]
+    scale = max(h, w) / max(src_img.shape[:2])
+    all_boxes, all_labels = [*np.asarray(boxes, np.float32).reshape(-1, 4)], [*np.asarray(labels, np.int64)]
+    order = np.random.permutation(len(src_boxes))[:max_count]
+    for i in order:
+        x0, y0, x1, y1 = src_boxes[i]
+        bw, bh = (x1 - x0) * scale, (y1 - y0) * scale
+        mw, mh = PASTE_MARGIN * bw, PASTE_MARGIN * bh
+        pw, ph = int(round(bw + 2 * mw)), int(round(bh + 2 * mh))
+        if bw < MIN_BOX_SIDE or bh < MIN_BOX_SIDE or pw >= w or ph >= h:
+            continue
+        # The source region with its margin (clipped to the source image), resized to the paste size.
+        sx0, sy0 = max(0, int(x0 - mw / scale)), max(0, int(y0 - mh / scale))
+        sx1 = min(src_img.shape[1], int(np.ceil(x1 + mw / scale)))
+        sy1 = min(src_img.shape[0], int(np.ceil(y1 + mh / scale)))
+        patch = cv2.resize(src_img[sy0:sy1, sx0:sx1], (pw, ph), interpolation=cv2.INTER_LINEAR)
+        # Where the box sits inside the patch after the resize.
+        fx, fy = pw / (sx1 - sx0), ph / (sy1 - sy0)
+        inner = np.array([(x0 - sx0) * fx, (y0 - sy0) * fy, (x1 - sx0) * fx, (y1 - sy0) * fy], np.float32)
+        for _ in range(10):
+            px, py = int(np.random.randint(0, w - pw + 1)), int(np.random.randint(0, h - ph + 1))
+            new = inner + np.array([px, py, px, py], np.float32)
+            if not all_boxes or _iou(new, np.stack(all_boxes)).max() <= PASTE_MAX_IOU:
+                break
+        else:
+            continue
+        alpha = _feather(ph, pw, inner)
+        region = out[py : py + ph, px : px + pw].astype(np.float32)
+        out[py : py + ph, px : px + pw] = (alpha * patch + (1 - alpha) * region).round().astype(np.uint8)
+        all_boxes.append(new)
+        all_labels.append(int(src_labels[i]))
+    return out, np.asarray(all_boxes, np.float32).reshape(-1, 4), np.asarray(all_labels, np.int64)
+
+
+def _feather(h: int, w: int, inner: np.ndarray) -> np.ndarray:
+    """`[h, w, 1]` alpha: 1 inside the box `inner`, falling linearly to 0 at the patch border."""
+    ys, xs = np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5
+    x0, y0, x1, y1 = inner
+    ax = np.clip(np.minimum(xs / max(x0, 1e-3), (w - xs) / max(w - x1, 1e-3)), 0, 1)
+    ay = np.clip(np.minimum(ys / max(y0, 1e-3), (h - ys) / max(h - y1, 1e-3)), 0, 1)
+    return np.minimum(ay[:, None], ax[None, :])[..., None]
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each row of `others`."""
+    ix = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return inter / (area + (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]) - inter)
 
 
 def build_eval_transforms(size: int) -> EvalTransform:
