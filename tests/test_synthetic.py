@@ -54,7 +54,7 @@ def test_ensure_generates_only_when_missing_or_changed(tmp_path):
 def test_realistic_preset_makes_landscape_portrait_and_exif_rotated_photos(tmp_path):
     from birddet.data.images import load_image
 
-    paths = make_synthetic_coco(tmp_path, num_train=12, num_val=0, preset="realistic", seed=1)
+    paths = make_synthetic_coco(tmp_path, num_train=12, num_val=0, preset="realistic", seed=3)
     data = json.loads(paths["train"].read_text())
     assert data["info"]["preset"] == "realistic"
     aspects, rotated = set(), 0
@@ -80,7 +80,14 @@ def test_exif_rotated_birds_sit_where_the_annotation_says(tmp_path):
     from birddet.data.images import load_image
 
     paths = make_synthetic_coco(
-        tmp_path, num_train=8, num_val=0, preset="realistic", birds_per_image=(1, 1), exif_fraction=1.0, seed=2
+        tmp_path,
+        num_train=8,
+        num_val=0,
+        preset="realistic",
+        birds_per_image=(1, 1),
+        exif_fraction=1.0,
+        clutter=0.0,  # a plain background, so saturated pixels can only be the bird
+        seed=2,
     )
     data = json.loads(paths["train"].read_text())
     for img in data["images"]:
@@ -111,3 +118,17 @@ def test_bad_synthetic_options_are_refused(tmp_path):
         make_synthetic_coco(tmp_path, preset="huge")
     with pytest.raises(ValueError, match="bird_frac"):
         make_synthetic_coco(tmp_path, bird_frac=(0.5, 0.2))
+
+
+def test_photo_like_scenes_are_deterministic_with_exact_boxes_in_the_frame(tmp_path):
+    kw = {"num_train": 3, "num_val": 1, "preset": "realistic", "image_size": (320, 480), "seed": 5}
+    a, b = make_synthetic_coco(tmp_path / "a", **kw), make_synthetic_coco(tmp_path / "b", **kw)
+    assert a["train"].read_bytes() == b["train"].read_bytes()
+    for name in ("train_000000.jpg", "train_000002.jpg", "val_000000.jpg"):
+        assert (a["images"] / name).read_bytes() == (b["images"] / name).read_bytes()
+    plain = make_synthetic_coco(tmp_path / "plain", **kw, clutter=0.0)
+    assert (plain["images"] / "train_000000.jpg").read_bytes() != (a["images"] / "train_000000.jpg").read_bytes()
+    ds = CocoDetection(a["train"], a["images"])
+    assert ds.report.num_dropped == 0 and not ds.report.clipped
+    data = json.loads(a["train"].read_text())
+    assert data["annotations"] and all(min(x["bbox"][2:]) >= 4 for x in data["annotations"])

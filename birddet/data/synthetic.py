@@ -34,8 +34,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from birddet.fileio import atomic_write_text
 
@@ -75,6 +76,10 @@ class SynthSpec:
     exif_fraction: float = 0.0
     #: largest IoU allowed between two birds, so none hides another.
     max_iou: float = 0.05
+    #: 0: the plain muted background of the square preset. 1: a photo-like scene (see `_photo_scene`): multi-octave
+    #: texture, foliage and branches, bird-coloured distractors, out-of-focus background, birds turned, shaded,
+    #: blurred, cut by the frame and partly hidden by twigs, uneven lighting, colour casts, sensor noise, JPEG loss.
+    clutter: float = 0.0
 
     def validate(self) -> SynthSpec:
         lo, hi = self.size
@@ -88,6 +93,8 @@ class SynthSpec:
             raise ValueError(f"birds_per_image must be (min, max) with 0 <= min <= max, got {self.birds_per_image}")
         if not 0.0 <= self.exif_fraction <= 1.0:
             raise ValueError(f"exif_fraction must be within [0, 1], got {self.exif_fraction}")
+        if not 0.0 <= self.clutter <= 1.0:
+            raise ValueError(f"clutter must be within [0, 1], got {self.clutter}")
         return self
 
 
@@ -99,6 +106,7 @@ SYNTH_PRESETS: dict[str, SynthSpec] = {
         bird_frac=(0.05, 0.35),
         birds_per_image=(0, 5),
         exif_fraction=0.25,
+        clutter=1.0,
     ),
     "dense": SynthSpec(
         size=(3000, 4000), aspect_ratios=(4 / 3, 3 / 2), bird_frac=(0.008, 0.014), birds_per_image=(150, 300)
@@ -200,10 +208,11 @@ def _make_split(split: str, count: int, spec: SynthSpec, seed: int, image_dir: P
     images, annotations = [], []
     for index in range(count):
         rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-        image, birds = _make_image(rng, spec)
+        image, birds = _make_image(rng, spec) if spec.clutter <= 0 else _photo_scene(rng, spec)
         image_id = index + 1
         file_name = f"{split}_{index:06d}.jpg"
-        _save_jpeg(rng, image, image_dir / file_name, spec.exif_fraction)
+        quality = 92 if spec.clutter <= 0 else int(rng.integers(70, 96))
+        _save_jpeg(rng, image, image_dir / file_name, spec.exif_fraction, quality)
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         for category_id, (x, y, w, h) in birds:
             annotations.append(
@@ -289,16 +298,18 @@ def _ious(box: tuple[int, int, int, int], others: np.ndarray) -> np.ndarray:
     return inter / (w * h + others[:, 2] * others[:, 3] - inter)
 
 
-def _save_jpeg(rng: np.random.Generator, image: Image.Image, path: Path, exif_fraction: float) -> None:
+def _save_jpeg(
+    rng: np.random.Generator, image: Image.Image, path: Path, exif_fraction: float, quality: int = 92
+) -> None:
     """Save as JPEG; with probability `exif_fraction` store the pixels turned and an EXIF orientation tag that turns
     them back, as phone and camera photos arrive."""
     if exif_fraction > 0 and rng.random() < exif_fraction:
         orientation = int(rng.choice(sorted(_EXIF_STORE)))
         exif = Image.Exif()
         exif[0x0112] = orientation  # Orientation
-        image.transpose(_EXIF_STORE[orientation]).save(path, format="JPEG", quality=92, exif=exif.tobytes())
+        image.transpose(_EXIF_STORE[orientation]).save(path, format="JPEG", quality=quality, exif=exif.tobytes())
         return
-    image.save(path, format="JPEG", quality=92)
+    image.save(path, format="JPEG", quality=quality)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -382,3 +393,232 @@ def _draw_raptor(draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
     draw.ellipse((68, 88, 142, 122), fill=body + (255,))
     draw.ellipse((128, 78, 158, 108), fill=_jitter(rng, (245, 245, 240), 8) + (255,))  # head
     draw.polygon([(156, 88), (170, 94), (158, 102)], fill=_jitter(rng, (250, 215, 40)) + (255,))  # hooked beak
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photo-like scenes (spec.clutter > 0)
+#
+# What makes real bird photos hard that cartoons on a smooth gradient do not have: texture at every scale, clutter
+# with bird colours in it (red berries, yellow leaves, blue sky patches), depth of field, birds seen at an angle,
+# in shade, moving, cut off by the frame or behind twigs, and cameras that add colour casts, vignetting, noise and
+# JPEG artefacts. Each of those is drawn here, with strength scaled by `spec.clutter`. Boxes stay exact: a bird's
+# box is the extent of its pasted pixels inside the frame (occluding twigs drawn over it do not shrink it, as an
+# annotator boxes a bird behind a twig whole).
+
+#: Scene palettes (foliage base, second tone, accent): leafy green, autumn, reeds/ground, winter branches.
+_PALETTES = (
+    ((70, 100, 45), (120, 140, 70), (40, 60, 30)),
+    ((130, 95, 50), (175, 130, 60), (90, 60, 35)),
+    ((150, 140, 100), (110, 100, 70), (185, 175, 140)),
+    ((115, 110, 105), (150, 145, 140), (80, 72, 65)),
+)
+#: Distractor colours close to the birds' own (red body, blue body, yellow body, white head).
+_DISTRACTORS = ((200, 40, 35), (60, 110, 210), (225, 180, 40), (235, 235, 230))
+
+
+def _photo_scene(rng: np.random.Generator, spec: SynthSpec) -> tuple[Image.Image, list[tuple[int, tuple]]]:
+    """A photo-like image with birds; returns the image and its `(category_id, (x, y, w, h))` list."""
+    h, w = _image_size(rng, spec)
+    c = spec.clutter
+    image = _scene_background(rng, h, w, c)
+    lo, hi = spec.birds_per_image if spec.birds_per_image is not None else (0, 4)
+    birds: list[tuple[int, tuple[int, int, int, int]]] = []
+    taken = np.zeros((0, 4), dtype=np.float64)
+    light = float(rng.uniform(0.55, 1.1))  # the scene's exposure: birds in shade or sun with it
+    for _ in range(int(rng.integers(lo, hi + 1))):
+        category_id = int(rng.integers(1, len(SYNTH_CATEGORIES) + 1))
+        sprite, mask = _photo_bird(rng, category_id, min(h, w), spec.bird_frac, c, light)
+        placed = _place_cut(rng, sprite, mask, (w, h), taken, spec.max_iou, cut_prob=0.15 * c)
+        if placed is None:
+            continue
+        (x, y), box = placed
+        image.paste(sprite, (x, y), mask)
+        birds.append((category_id, box))
+        taken = np.vstack([taken, np.asarray(box, dtype=np.float64)[None]])
+    _occluders(rng, image, c)
+    return _camera(rng, image, c), birds
+
+
+def _fractal_noise(rng: np.random.Generator, h: int, w: int, octaves: int = 6) -> np.ndarray:
+    """Value noise summed over octaves (amplitude halves as the grid doubles), in roughly [-1, 1]: texture at every
+    scale, cheap because each octave is a small random grid resized bicubically."""
+    out = np.zeros((h, w), np.float32)
+    amp, total = 1.0, 0.0
+    for k in range(octaves):
+        cells = 3 * 2**k
+        gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
+        grid = Image.fromarray(rng.uniform(0, 255, size=(gh, gw)).astype(np.uint8))
+        out += amp * (np.asarray(grid.resize((w, h), Image.BICUBIC), np.float32) - 127.5) / 127.5
+        total += amp
+        amp *= 0.55
+    return out / total
+
+
+def _scene_background(rng: np.random.Generator, h: int, w: int, c: float) -> Image.Image:
+    """Sky band + textured foliage in a random palette, leaves, branches and distractors, then defocus."""
+    # Draw at most ~1000 px on the long side and upscale: backgrounds are soft anyway, and it keeps generation quick.
+    f = min(1.0, 1000 / max(h, w))
+    sh, sw = max(8, round(h * f)), max(8, round(w * f))
+    base, tone, dark = (np.array(p, np.float32) for p in _PALETTES[int(rng.integers(len(_PALETTES)))])
+    shift = rng.uniform(-20, 20, size=3).astype(np.float32)
+    n1, n2 = _fractal_noise(rng, sh, sw), _fractal_noise(rng, sh, sw, octaves=4)
+    mix = np.clip(0.5 + 0.8 * n2, 0, 1)[..., None]
+    pixels = base * (1 - mix) + tone * mix + shift + (60 * c) * n1[..., None]
+    sky_frac = float(rng.choice([0.0, 0.0, rng.uniform(0.1, 0.6)]))
+    if sky_frac > 0:  # a sky band at the top, blending into the foliage
+        sky = np.array(rng.choice([(150, 185, 225), (200, 205, 210), (170, 190, 205)]), np.float32)
+        yy = np.linspace(0, 1, sh, dtype=np.float32)[:, None, None]
+        edge = sky_frac + 0.08 * _fractal_noise(rng, 1, sw, octaves=3)[0][None, :, None]  # a ragged tree line
+        alpha = np.clip((edge - yy) / 0.05, 0, 1)
+        pixels = pixels * (1 - alpha) + (sky + 10 * n1[..., None]) * alpha
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image, "RGBA")
+    side = min(sh, sw)
+    for _ in range(int(c * rng.integers(40, 160))):  # leaves: rotated ellipses in the palette's tones
+        col = _jitter(rng, tuple(int(v) for v in (base if rng.random() < 0.5 else dark)), 30)
+        _leaf(draw, rng, sw, sh, side * rng.uniform(0.01, 0.05), col + (int(rng.integers(120, 230)),))
+    for _ in range(int(c * rng.integers(2, 9))):  # branches: forking dark polylines
+        _branch(draw, rng, sw, sh, side, depth=2)
+    for _ in range(int(c * rng.integers(0, 10))):  # bird-coloured distractors: berries, flowers, a blue bucket...
+        col = _jitter(rng, _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))], 25) + (255,)
+        r = side * rng.uniform(0.008, 0.05)
+        x, y = rng.uniform(0, sw), rng.uniform(0, sh)
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=col)
+        else:
+            draw.rectangle((x - r, y - 0.6 * r, x + 1.4 * r, y + r), fill=col)
+    blur = float(rng.uniform(0, 3.0 * c))  # depth of field: the background is often out of focus
+    if blur > 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(blur))
+    return image.resize((w, h), Image.BICUBIC) if (sh, sw) != (h, w) else image
+
+
+def _leaf(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, r: float, fill: tuple) -> None:
+    x, y, a = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, np.pi)
+    ca, sa = np.cos(a), np.sin(a)
+    pts = [(x + r * ca * np.cos(t) - 0.45 * r * sa * np.sin(t), y + r * sa * np.cos(t) + 0.45 * r * ca * np.sin(t))
+           for t in np.linspace(0, 2 * np.pi, 10, endpoint=False)]  # fmt: skip
+    draw.polygon(pts, fill=fill)
+
+
+def _branch(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, side: int, depth: int,
+    start: tuple[float, float] | None = None, width: float | None = None,
+) -> None:  # fmt: skip
+    """A wobbly dark branch with up to `depth` levels of forks."""
+    x, y = start if start is not None else (rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h)
+    width = width if width is not None else side * rng.uniform(0.004, 0.02)
+    angle, length = rng.uniform(0, 2 * np.pi), side * rng.uniform(0.2, 0.7)
+    shade = int(rng.integers(35, 85))
+    pts = [(x, y)]
+    for _ in range(6):
+        angle += rng.normal(0, 0.25)
+        x, y = x + np.cos(angle) * length / 6, y + np.sin(angle) * length / 6
+        pts.append((x, y))
+    draw.line(pts, fill=(shade, shade - 12, max(0, shade - 28), 255), width=max(1, int(width)), joint="curve")
+    if depth > 0:
+        for _ in range(int(rng.integers(0, 3))):
+            fork = pts[int(rng.integers(1, len(pts)))]
+            _branch(draw, rng, w, h, int(side * 0.6), depth - 1, fork, width * 0.6)
+
+
+def _photo_bird(
+    rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float], c: float, light: float
+) -> tuple[Image.Image, Image.Image]:
+    """A cartoon bird made harder: varied colours, turned, foreshortened, shaded top to bottom, maybe motion-blurred."""
+    canvas = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
+    canvas = canvas.crop(canvas.getchannel("A").getbbox())
+    if rng.random() < 0.5:
+        canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
+    canvas = canvas.rotate(float(rng.uniform(-30, 30) * c), resample=Image.BILINEAR, expand=True)
+    canvas = canvas.crop(canvas.getchannel("A").getbbox())
+    target_w = max(8, int(round(rng.uniform(*bird_frac) * image_side)))
+    squash = float(rng.uniform(1 - 0.3 * c, 1 + 0.2 * c))  # seen at an angle
+    target_h = max(8, int(round(canvas.height * target_w / canvas.width * squash)))
+    canvas = canvas.resize((target_w, target_h), Image.BILINEAR)
+    rgb = np.asarray(canvas.convert("RGB"), np.float32)
+    # Light from above: the back brighter than the belly, all scaled by the scene's exposure and a colour shift.
+    top, bottom = light * rng.uniform(1.0, 1.15), light * rng.uniform(0.55, 0.9)
+    ramp = np.linspace(top, bottom, target_h, dtype=np.float32)[:, None, None]
+    tint = rng.uniform(1 - 0.15 * c, 1 + 0.15 * c, size=3).astype(np.float32)
+    rgb = np.clip(rgb * ramp * tint, 0, 255).astype(np.uint8)
+    sprite = Image.fromarray(rgb, "RGB")
+    alpha = canvas.getchannel("A")
+    if rng.random() < 0.3 * c:  # a moving bird: horizontal motion blur of colour and outline alike
+        k = int(rng.integers(3, max(4, target_w // 8) + 1))
+        sprite = Image.fromarray(cv2.blur(np.asarray(sprite), (k, 1)), "RGB")
+        alpha = Image.fromarray(cv2.blur(np.asarray(alpha), (k, 1)), "L")
+    mask = alpha.point(lambda a: 255 if a >= 128 else 0)
+    box = mask.getbbox() or (0, 0, 1, 1)  # exact extent of the pixels that will be pasted
+    return sprite.crop(box), mask.crop(box)
+
+
+def _place_cut(
+    rng: np.random.Generator,
+    sprite: Image.Image,
+    mask: Image.Image,
+    image_wh: tuple[int, int],
+    taken: np.ndarray,
+    max_iou: float,
+    cut_prob: float,
+) -> tuple[tuple[int, int], tuple[int, int, int, int]] | None:
+    """Where to paste a sprite and the box of its visible pixels; with `cut_prob` the frame cuts off up to 40 %."""
+    iw, ih = image_wh
+    sw, sh = sprite.size
+    if sw > iw or sh > ih:
+        return None
+    cut = rng.random() < cut_prob
+    for _ in range(30):
+        if cut:
+            x = int(rng.integers(-int(0.4 * sw), iw - int(0.6 * sw) + 1))
+            y = int(rng.integers(-int(0.4 * sh), ih - int(0.6 * sh) + 1))
+        else:
+            x, y = int(rng.integers(0, iw - sw + 1)), int(rng.integers(0, ih - sh + 1))
+        visible = mask.crop((max(0, -x), max(0, -y), min(sw, iw - x), min(sh, ih - y))).getbbox()
+        if visible is None:
+            continue
+        box = (
+            x + max(0, -x) + visible[0],
+            y + max(0, -y) + visible[1],
+            visible[2] - visible[0],
+            visible[3] - visible[1],
+        )
+        if box[2] < 4 or box[3] < 4:
+            continue
+        if not len(taken) or _ious(box, taken).max() <= max_iou:
+            return (x, y), box
+    return None
+
+
+def _occluders(rng: np.random.Generator, image: Image.Image, c: float) -> None:
+    """Foreground twigs and leaves drawn over everything: some cross birds, as they do at a feeder or in a bush."""
+    draw = ImageDraw.Draw(image, "RGBA")
+    w, h = image.size
+    side = min(w, h)
+    for _ in range(int(c * rng.integers(0, 4))):
+        _branch(draw, rng, w, h, side, depth=1)
+    for _ in range(int(c * rng.integers(0, 12))):
+        col = _jitter(rng, _PALETTES[int(rng.integers(len(_PALETTES)))][2], 25)
+        _leaf(draw, rng, w, h, side * rng.uniform(0.01, 0.035), col + (255,))
+
+
+def _camera(rng: np.random.Generator, image: Image.Image, c: float) -> Image.Image:
+    """What the camera adds: exposure and white balance, vignetting, a light gradient, softness and sensor noise."""
+    w, h = image.size
+    px = np.asarray(image, np.float32)
+    gain = rng.uniform(1 - 0.12 * c, 1 + 0.12 * c, size=3).astype(np.float32)  # white balance
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r2 = ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) / 0.5
+    vignette = 1 - float(rng.uniform(0, 0.35 * c)) * r2
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = 1 + float(rng.uniform(0, 0.25 * c)) * (np.cos(angle) * (xx / w - 0.5) + np.sin(angle) * (yy / h - 0.5))
+    px = px * gain * (vignette * gradient)[..., None]
+    gamma = float(rng.uniform(1 - 0.2 * c, 1 + 0.25 * c))
+    px = 255.0 * (np.clip(px, 0, 255) / 255.0) ** gamma
+    px += rng.normal(0, rng.uniform(1.0, 1.0 + 5.0 * c), size=(h, w, 1)).astype(np.float32)  # luminance noise
+    out = Image.fromarray(np.clip(px, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.25 * c:  # a slightly soft photo (focus missed, hand shake)
+        out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
+    return out
