@@ -1,0 +1,140 @@
+"""Learning curves at equal CPU time: val AP50/AP after budgets of 2, 5 and 10 CPU minutes, per recipe.
+
+    python benchmarks/learning_curve.py --out runs/curves [--minutes 2 5 10] [--candidates NAME ...]
+        [--parallel N] [--data DIR] [--table]
+
+Each (candidate, budget) pair is one `birddet train CONFIG ... train.time_budget=M train.budget_clock=cpu` run on
+`birddet synth --preset realistic` (224 train / 56 val photos, generated into `--data` when missing), so every run
+plans its own epochs and LR schedule for its budget, as a user's run would. The AP is that of the run's `best.pt` on
+the val split (`metrics.json`).
+
+Why CPU time: on a shared machine a wall-clock budget measures the neighbours as much as the recipe. Every run
+is one process with one torch thread and the data loaded in-process (`data.workers=0`), and its budget counts that
+process's CPU time, so runs started side by side (`--parallel`) see the same load and get the same amount of
+computation. One CPU minute is one minute of one core; on an idle 2-core machine with 2 threads a run of M CPU
+minutes takes roughly 0.6-0.8 M minutes of wall time.
+
+Finished runs are skipped, so the script can be called again to add budgets or candidates; `--table` only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+#: name -> (config, overrides): the two recipes and the ablations of the from-scratch one.
+CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "quickstart": ("configs/quickstart.yaml", []),
+    "from_scratch": ("configs/from_scratch.yaml", []),
+    "from_scratch, no mosaic": ("configs/from_scratch.yaml", ["data.augment.mosaic=0"]),
+    "from_scratch, 256 px": (
+        "configs/from_scratch.yaml",
+        ["model.image_size=256", "model.rpn.anchor_sizes=[12,24,48,96]"],
+    ),
+}
+NUM_TRAIN, NUM_VAL = 224, 56  # a few hundred photos, 80/20, like the 282 feeder photos of issue 14
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name).replace("--", "-").strip("-")
+
+
+def ensure_data(root: Path) -> Path:
+    from birddet.data.synthetic import ensure_synthetic_coco
+
+    ensure_synthetic_coco(root, num_train=NUM_TRAIN, num_val=NUM_VAL, preset="realistic", seed=0)
+    return root
+
+
+def run_one(name: str, minutes: float, data: Path, out: Path) -> dict:
+    """Train one candidate for `minutes` CPU minutes (skipped when already done); returns its row."""
+    run = out / f"{slug(name)}-{minutes:g}min"
+    done = run / "row.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run.exists():  # an interrupted run: start again (its plan was made for a budget it did not get)
+        import shutil
+
+        shutil.rmtree(run)
+    config, overrides = CANDIDATES[name]
+    cmd = [
+        sys.executable, "-m", "birddet.cli", "train", config, *overrides,
+        f"data.train.ann={data / 'train.json'}", f"data.train.images={data / 'images'}",
+        f"data.val.ann={data / 'val.json'}", f"data.val.images={data / 'images'}",
+        f"train.time_budget={minutes}", "train.budget_clock=cpu", "train.device=cpu", "data.workers=0",
+        "--out", str(run),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run.mkdir(parents=True)
+    start, load0 = time.time(), os.getloadavg()[0]
+    with open(run / "train.log", "w") as log:
+        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"{name} at {minutes} min failed (exit {code}); see {run / 'train.log'}")
+    row = summarize(name, minutes, run)
+    row.update(wall_min=(time.time() - start) / 60, load=(load0 + os.getloadavg()[0]) / 2)
+    done.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def summarize(name: str, minutes: float, run: Path) -> dict:
+    import torch
+
+    stats = json.loads((run / "metrics.json").read_text())["stats"]
+    training = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["training"]
+    plans = [json.loads(line)["budget_plan"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "budget_plan" in line]  # fmt: skip
+    return {
+        "candidate": name,
+        "budget_min": minutes,
+        "epochs": training["epoch"],
+        "planned": [p["epochs"] for p in plans],
+        "cpu_min": training["budget"]["elapsed_s"] / 60,
+        "best_epoch": training["best_epoch"],
+        "AP50": stats["AP50"],
+        "AP": stats["AP"],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | CPU budget (min) | epochs (plans) | CPU min used | wall min | load | val AP50 | val AP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (list(CANDIDATES).index(r["candidate"]), r["budget_min"])):
+        lines.append(
+            f"| {r['candidate']} | {r['budget_min']:g} | {r['epochs']} ({' -> '.join(map(str, r['planned']))}) "
+            f"| {r['cpu_min']:.1f} | {r.get('wall_min', float('nan')):.1f} | {r.get('load', float('nan')):.1f} "
+            f"| {r['AP50']:.3f} | {r['AP']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="the realistic synthetic set (default OUT/data)")
+    p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--parallel", type=int, default=2, help="runs at once (each uses one core)")
+    p.add_argument("--table", action="store_true", help="print the table of finished runs only")
+    args = p.parse_args()
+    data = args.data or args.out / "data"
+    if not args.table:
+        ensure_data(data)
+        jobs = [(c, m) for m in args.minutes for c in args.candidates]  # equal budgets side by side
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            for row in pool.map(lambda job: run_one(*job, data, args.out), jobs):
+                print(f"{row['candidate']} @ {row['budget_min']:g} CPU min: AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
+    rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*/row.json"))]
+    print(table([r for r in rows if r["candidate"] in CANDIDATES]))
+
+
+if __name__ == "__main__":
+    main()
