@@ -128,6 +128,10 @@ class AugmentConfig:
     mosaic_off_epochs: int = 0
     # Probability of pasting birds (boxes with a feathered margin) from another training image; 0 disables it.
     copy_paste: float = 0.0
+    # Multi-scale training (YOLO's multi_scale): each training batch enters the network at the input size times one of
+    # these factors (rounded to a multiple of 32), e.g. [0.75, 1.0, 1.25]; evaluation stays at the input size.
+    # Empty: every batch at the input size.
+    multi_scale: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -236,3 +236,21 @@ def test_roi_pooler_scales_come_from_the_pyramid_strides() -> None:
     assert pool.featmap_names == ["p2", "p3", "p4", "p5"]
     assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     assert (pool.map_levels.k_min, pool.map_levels.k_max) == (2, 5)
+
+
+def test_multi_scale_training_varies_the_input_size_per_batch_and_evaluation_does_not() -> None:
+    data = {"model": TINY["model"], "data": {"augment": {"multi_scale": [0.5, 1.0, 1.5]}}}
+    torch.manual_seed(0)
+    det = build_detector(config_from_dict(data), CATEGORIES).train()
+    seen: list[tuple[int, int]] = []
+    det.model.backbone.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    images, targets = _targets()
+    for _ in range(12):
+        losses = det(images, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+    assert set(seen) == {(64, 64), (128, 128), (192, 192)}  # whole batches at 0.5x, 1x, 1.5x of 128, square
+    seen.clear()
+    det.eval()
+    with torch.no_grad():
+        det(images)
+    assert seen == [(128, 128)]

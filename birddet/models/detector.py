@@ -125,7 +125,23 @@ class BirdDetector(nn.Module):
         return self.label_to_category.index(int(category_id))
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        return self.model(images, targets)
+        factors = self.config.data.augment.multi_scale
+        if not (self.training and factors):
+            return self.model(images, targets)
+        # Multi-scale training: torchvision's transform resizes (and pads) the whole batch to the chosen size, so the
+        # ViT, anchors and RoI pooling see it as they would a model built for that size. The choice comes from torch's
+        # global RNG, which the trainer seeds and saves for resume.
+        factor = float(factors[int(torch.randint(len(factors), ()))])
+        t = self.model.transform
+        saved = (t.min_size, t.max_size, t.size_divisible)
+        t.min_size = tuple(_round32(m * factor) for m in saved[0])
+        t.max_size = _round32(saved[1] * factor)
+        if saved[2] > 32:  # the fixed square (size_divisible is the input size) scales with it
+            t.size_divisible = _round32(saved[2] * factor)
+        try:
+            return self.model(images, targets)
+        finally:
+            t.min_size, t.max_size, t.size_divisible = saved
 
     @torch.no_grad()
     def predict(
@@ -180,6 +196,11 @@ class BirdDetector(nn.Module):
             names=[self.categories[c] for c in cats],
             image_size=(int(image_hw[1]), int(image_hw[0])),
         )
+
+
+def _round32(size: float) -> int:
+    """The nearest multiple of 32 (at least 32): the ViT's patch grid and the pyramid's strides need it."""
+    return max(32, int(round(size / 32)) * 32)
 
 
 def _to_array(image: ImageInput) -> np.ndarray:
