@@ -9,10 +9,11 @@ plans its own epochs and LR schedule for its budget, as a user's run would. The 
 the val split (`metrics.json`).
 
 Why CPU time: on a shared machine a wall-clock budget measures the neighbours as much as the recipe. Every run
-is one process with one torch thread and the data loaded in-process (`data.workers=0`), and its budget counts that
-process's CPU time, so runs started side by side (`--parallel`) see the same load and get the same amount of
-computation. One CPU minute is one minute of one core; on an idle 2-core machine with 2 threads a run of M CPU
-minutes takes roughly 0.6-0.8 M minutes of wall time.
+is one process with `--threads` torch threads (2: the issue's two cores) and the data loaded in-process
+(`data.workers=0`), and its budget counts that process's CPU time over all its threads, so runs started side by side
+(`--parallel`) get the same amount of computation whatever else the machine does. Idle OpenMP threads sleep instead
+of spinning (`OMP_WAIT_POLICY=PASSIVE`), so waiting is not billed as work. One CPU minute is one minute of one
+core: on an idle 2-core machine a run of M CPU minutes with 2 threads takes a bit more than M / 2 minutes of wall time.
 
 Finished runs are skipped, so the script can be called again to add budgets or candidates; `--table` only prints.
 """
@@ -52,7 +53,7 @@ def ensure_data(root: Path) -> Path:
     return root
 
 
-def run_one(name: str, minutes: float, data: Path, out: Path) -> dict:
+def run_one(name: str, minutes: float, data: Path, out: Path, threads: int) -> dict:
     """Train one candidate for `minutes` CPU minutes (skipped when already done); returns its row."""
     run = out / f"{slug(name)}-{minutes:g}min"
     done = run / "row.json"
@@ -70,7 +71,7 @@ def run_one(name: str, minutes: float, data: Path, out: Path) -> dict:
         f"train.time_budget={minutes}", "train.budget_clock=cpu", "train.device=cpu", "data.workers=0",
         "--out", str(run),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     run.mkdir(parents=True)
     start, load0 = time.time(), os.getloadavg()[0]
     with open(run / "train.log", "w") as log:
@@ -122,7 +123,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=None, help="the realistic synthetic set (default OUT/data)")
     p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
-    p.add_argument("--parallel", type=int, default=2, help="runs at once (each uses one core)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (started side by side, same load)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--table", action="store_true", help="print the table of finished runs only")
     args = p.parse_args()
     data = args.data or args.out / "data"
@@ -130,7 +132,7 @@ def main() -> None:
         ensure_data(data)
         jobs = [(c, m) for m in args.minutes for c in args.candidates]  # equal budgets side by side
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            for row in pool.map(lambda job: run_one(*job, data, args.out), jobs):
+            for row in pool.map(lambda job: run_one(*job, data, args.out, args.threads), jobs):
                 print(f"{row['candidate']} @ {row['budget_min']:g} CPU min: AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
     rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*/row.json"))]
     print(table([r for r in rows if r["candidate"] in CANDIDATES]))
