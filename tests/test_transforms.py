@@ -181,3 +181,14 @@ def test_dataset_hands_mosaic_its_other_images(tmp_path):
     # A mosaic with pasted birds holds more birds than the 0-4 of a single synthetic image, on average.
     single = [len(a) for a in ds.anns_by_image.values()]
     assert np.mean(counts) > np.mean(single)
+
+
+def test_bad_augment_settings_are_input_errors_naming_the_key(tmp_path):
+    from birddet.engine.trainer import train
+    from birddet.errors import InputError
+    from tests.test_trainer import tiny_config
+
+    cfg = tiny_config(tmp_path / "data")
+    cfg.data.augment.mosaic = 1.5
+    with pytest.raises(InputError, match=r"data.augment: mosaic is a probability in \[0, 1\], got 1.5"):
+        train(cfg, tmp_path / "run")
