@@ -249,6 +249,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bird-frac", type=float, nargs=2, metavar=("MIN", "MAX"), help="bird width / shorter side")
     p.add_argument("--birds", type=int, nargs=2, metavar=("MIN", "MAX"), help="birds per image")
     p.add_argument("--exif", type=float, default=None, help="share of EXIF-rotated JPEGs (0..1)")
+    p.add_argument("--clutter", type=float, default=None, help="0: plain background .. 1: photo-like scene (0..1)")
     p.set_defaults(func=_run_synth)
 
 
@@ -281,6 +282,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             bird_frac=args.bird_frac,
             birds_per_image=args.birds,
             exif_fraction=args.exif,
+            clutter=args.clutter,
         )
     except ValueError as e:
         raise InputError(f"birddet synth: {e}") from None

@@ -132,3 +132,13 @@ def test_photo_like_scenes_are_deterministic_with_exact_boxes_in_the_frame(tmp_p
     assert ds.report.num_dropped == 0 and not ds.report.clipped
     data = json.loads(a["train"].read_text())
     assert data["annotations"] and all(min(x["bbox"][2:]) >= 4 for x in data["annotations"])
+
+
+def test_synth_command_takes_the_clutter_level(tmp_path):
+    from birddet.cli import main
+
+    args = ["synth", str(tmp_path), "--images", "3", "--preset", "realistic", "--size", "320", "400"]
+    assert main([*args, "--clutter", "0.5"]) == 0
+    marker = json.loads((tmp_path / ".birddet_synthetic.json").read_text())
+    assert marker["preset"] == "realistic" and marker["spec"]["clutter"] == 0.5
+    assert main([*args, "--clutter", "2"]) == 2  # out of range: a one-line reason, exit 2
