@@ -134,6 +134,11 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             for row in pool.map(lambda job: run_one(*job, data, args.out, args.threads), jobs):
                 print(f"{row['candidate']} @ {row['budget_min']:g} CPU min: AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
+    for log in sorted(args.out.glob("*/train.log")):  # runs whose driver was stopped: summarise them here
+        row_file = log.parent / "row.json"
+        found = [(c, m) for c in CANDIDATES for m in args.minutes if log.parent.name == f"{slug(c)}-{m:g}min"]
+        if found and not row_file.exists() and "best val AP" in log.read_text():
+            row_file.write_text(json.dumps(summarize(*found[0], log.parent), indent=1))
     rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*/row.json"))]
     print(table([r for r in rows if r["candidate"] in CANDIDATES]))
 
