@@ -14,48 +14,59 @@ from tests.test_trainer import data_dir, read_log, tiny_config  # noqa: F401 - d
 
 
 @pytest.mark.parametrize(
-    ("budget_s", "epoch_s", "eval_s", "eval_every"),
-    [(600, 50.0, 10.0, 1), (600, 7.3, 4.1, 1), (300, 2.2, 6.0, 4), (3600, 95.0, 31.0, 2), (120, 1.1, 0.4, 1)],
+    ("budget_s", "spe", "epoch_s", "eval_s", "eval_every"),
+    [
+        (600, 28, 50.0, 10.0, 1),
+        (600, 10, 7.3, 4.1, 1),
+        (300, 3, 2.2, 6.0, 4),
+        (3600, 500, 95.0, 31.0, 2),
+        (120, 28, 60.0, 4.5, 2),  # big photos, short budget: the first epoch is half of it
+        (120, 1, 1.1, 0.4, 1),
+    ],
 )
-def test_plan_fills_the_budget_within_ten_percent(budget_s, epoch_s, eval_s, eval_every):
+def test_plan_fills_the_budget_within_ten_percent(budget_s, spe, epoch_s, eval_s, eval_every):
     elapsed = epoch_s + eval_s  # planned after the first epoch and its evaluation
-    epochs = B.plan_epochs(budget_s, done=1, elapsed_s=elapsed, epoch_s=epoch_s, eval_s=eval_s, eval_every=eval_every)
-    end = B.planned_seconds(epochs, done=1, elapsed_s=elapsed, epoch_s=epoch_s, eval_s=eval_s, eval_every=eval_every)
+    kw = {"done_steps": spe, "steps_per_epoch": spe, "elapsed_s": elapsed, "epoch_s": epoch_s, "eval_s": eval_s}
+    steps = B.plan_steps(budget_s, eval_every=eval_every, **kw)
+    end = B.planned_seconds(steps, eval_every=eval_every, **kw)
     assert 0.9 * budget_s <= end <= budget_s
-    # one more epoch would not have fitted
-    over = B.planned_seconds(
-        epochs + 1, done=1, elapsed_s=elapsed, epoch_s=epoch_s, eval_s=eval_s, eval_every=eval_every
-    )
-    assert over > budget_s * (1 - B.SAFETY_FRACTION)
+    # one more step would not have fitted
+    assert B.planned_seconds(steps + 1, eval_every=eval_every, **kw) > budget_s * (1 - B.SAFETY_FRACTION)
 
 
 def test_plan_worked_example():
-    # 10 min, 50 s epochs, 10 s evaluations each epoch: 60 s an epoch; 3 % kept back (582 s) -> 9 epochs (540 s).
-    assert B.plan_epochs(600, done=1, elapsed_s=60, epoch_s=50, eval_s=10, eval_every=1) == 9
-    # Evaluating every 4th epoch (and the last): 10 epochs end at 60 + 9 * 50 + 3 evaluations (4, 8, 10) = 540 s;
-    # 11 would end at 60 + 500 + 3 * 10 (4, 8, 11) = 590 s > 582 s.
-    assert B.evals_between(1, 11, 4) == 3
-    assert B.plan_epochs(600, done=1, elapsed_s=60, epoch_s=50, eval_s=10, eval_every=4) == 10
+    # 10 min, 10-step epochs of 50 s (5 s a step), 10 s evaluations after each epoch; 3 % kept back (582 s); planned
+    # at 60 s after epoch 1. 96 steps: 86 more steps (430 s) and 9 evaluations (after epochs 2-9 and at the end,
+    # part-way through epoch 10: 90 s) end at 580 s; a 97th step would end at 585 s.
+    kw = {"done_steps": 10, "steps_per_epoch": 10, "elapsed_s": 60, "epoch_s": 50, "eval_s": 10}
+    assert B.plan_steps(600, eval_every=1, **kw) == 96
+    assert B.planned_seconds(96, eval_every=1, **kw) == pytest.approx(580)
+    # Evaluating every 4th epoch (and at the end): fewer evaluations leave room for more steps.
+    assert B.evals_for(10, 110, 10, 4) == 3  # after epochs 4 and 8, and at the end (epoch 11)
+    assert B.plan_steps(600, eval_every=4, **kw) > 96
 
 
-def test_a_budget_smaller_than_one_epoch_plans_the_epoch_already_done():
-    assert B.plan_epochs(60, done=1, elapsed_s=80, epoch_s=70, eval_s=10) == 1
+def test_a_budget_smaller_than_one_epoch_plans_the_steps_already_done():
+    assert B.plan_steps(60, done_steps=7, steps_per_epoch=7, elapsed_s=80, epoch_s=70, eval_s=10) == 7
 
 
-def test_evals_between_counts_every_nth_and_the_last():
-    assert B.evals_between(0, 12, 4) == 3
-    assert B.evals_between(0, 10, 4) == 3  # 4, 8, 10
-    assert B.evals_between(5, 5, 1) == 0
-    assert B.evals_between(2, 7, 1) == 5
+def test_evals_for_counts_every_nth_epoch_and_the_end():
+    assert B.evals_for(0, 120, 10, 4) == 3  # epochs 4, 8, 12 (the end)
+    assert B.evals_for(0, 100, 10, 4) == 3  # 4, 8, and the end at epoch 10
+    assert B.evals_for(0, 95, 10, 1) == 10  # 9 epoch ends and the end part-way through epoch 10
+    assert B.evals_for(50, 50, 10, 1) == 0
 
 
 def test_shrink_plan_only_when_behind():
-    plan = B.BudgetPlan(600.0, "wall", 9, 50.0, 10.0, 1)  # as planned: ends at 540 s
-    assert B.shrink_plan(plan, done=3, elapsed_s=180, epoch_s=50, eval_every=1) is None  # on schedule
-    slower = B.shrink_plan(plan, done=3, elapsed_s=180, epoch_s=80, eval_every=1)
-    assert slower is not None and slower.epochs < 9
-    end = B.planned_seconds(slower.epochs, done=3, elapsed_s=180, epoch_s=80, eval_s=10, eval_every=1)
-    assert end <= 600
+    plan = B.make_plan(600.0, "wall", done_steps=10, steps_per_epoch=10, elapsed_s=60, epoch_s=50, eval_s=10,
+                       eval_every=1)  # fmt: skip
+    assert plan.steps == 96 and plan.epochs == 10
+    on_time = B.shrink_plan(plan, done_steps=30, elapsed_s=180, epoch_s=50, eval_every=1)
+    assert on_time is None
+    slower = B.shrink_plan(plan, done_steps=30, elapsed_s=180, epoch_s=80, eval_every=1)
+    assert slower is not None and slower.steps < 96 and slower.planned_at_step == 30
+    kw = {"done_steps": 30, "steps_per_epoch": 10, "elapsed_s": 180, "epoch_s": 80, "eval_s": 10, "eval_every": 1}
+    assert B.planned_seconds(slower.steps, **kw) <= 600
 
 
 class FakeTime:
@@ -109,28 +120,22 @@ def budget_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         return run, train(budget_config(data_dir), run)
 
 
-def test_budgeted_run_trains_the_planned_epochs_inside_the_budget(budget_run):
+def test_budgeted_run_trains_the_planned_steps_inside_the_budget(budget_run):
     run, summary = budget_run
     plans = plans_in(run)
-    assert len(plans) == 1 and plans[0]["planned_at_epoch"] == 1
-    plan = plans[0]
-    assert plan["epochs"] > 2  # the budget, not train.epochs=2, set the length
-    kw = {"done": 1, "elapsed_s": plan["planned_at_s"], "epoch_s": plan["epoch_s"], "eval_s": plan["eval_s"]}
-    limit = BUDGET_S * (1 - B.SAFETY_FRACTION)
-    assert (
-        B.planned_seconds(plan["epochs"], eval_every=1, **kw)
-        <= limit
-        < B.planned_seconds(plan["epochs"] + 1, eval_every=1, **kw)
-    )
-    assert summary["epochs"] == plan["epochs"] and summary["steps"] == 2 * plan["epochs"]
+    assert len(plans) == 1 and plans[0]["planned_at_step"] == 2
+    plan = B.BudgetPlan.from_dict(plans[0])
+    assert plan.steps > 4 and plan.epochs == -(-plan.steps // 2)  # the budget, not train.epochs=2, set the length
+    assert 0.9 * BUDGET_S <= plan.end_s(eval_every=1) <= BUDGET_S
+    assert summary["steps"] == plan.steps
     training = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["training"]
-    assert plan["planned_at_s"] < training["budget"]["elapsed_s"] <= BUDGET_S
-    assert training["budget"]["plan"] == plan
+    assert plan.planned_at_s < training["budget"]["elapsed_s"] <= BUDGET_S
+    assert training["budget"]["plan"] == plans[0]
     # The cosine was laid over the planned steps: it reached its end (LR 0) at the last step, not at step 4.
     assert lr_at_end(run) == pytest.approx(0.0, abs=1e-9)
     lrs = [r["lr"] for r in read_log(run) if "lr" in r]
-    assert len(lrs) == 2 * plan["epochs"] and lrs[3] > 0.3e-3  # a 2-epoch cosine is at ~1e-5 by step 4
-    assert (run / "best.pt").is_file() and len(summary["history"]) == plan["epochs"]
+    assert len(lrs) == plan.steps and lrs[3] > 0.3e-3  # a 2-epoch cosine is at ~1e-5 by step 4
+    assert (run / "best.pt").is_file() and summary["history"][-1]["step"] == plan.steps
 
 
 def test_resume_with_a_budget_continues_the_same_plan(budget_run, data_dir, tmp_path, monkeypatch):  # noqa: F811
@@ -143,7 +148,7 @@ def test_resume_with_a_budget_continues_the_same_plan(budget_run, data_dir, tmp_
     use_fake_time(monkeypatch)
     summary = train(budget_config(data_dir), part, resume=True)
     assert plans_in(part) == first  # no new plan: the resumed run follows the one it had
-    assert summary["epochs"] == first[0]["epochs"]
+    assert summary["steps"] == first[0]["steps"]
     # Same schedule as the uninterrupted run: identical LRs step by step, ending at 0.
     lr_whole = {r["step"]: r["lr"] for r in read_log(whole) if "lr" in r}
     lr_part = {r["step"]: r["lr"] for r in read_log(part) if "lr" in r}

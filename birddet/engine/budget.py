@@ -2,8 +2,8 @@
 
 A fixed epoch count is the wrong unit for a first run on one's own photos: nobody knows what an epoch costs on their
 machine. With a budget the run trains one epoch, evaluates once, and from those two measurements picks the number of
-epochs that fits the budget, evaluation included; the cosine or step schedule is then laid over the planned steps, so
-it decays fully by the end instead of being cut off mid-way. The plan is recorded (`metrics.jsonl`, `last.pt`), and
+optimizer steps that fits the budget, evaluation included (the last epoch may end part-way); the cosine or step
+schedule is then laid over the planned steps, so it decays fully by the end instead of being cut off mid-way. The plan is recorded (`metrics.jsonl`, `last.pt`), and
 a resumed run keeps it.
 
 The measured first epoch also pays for start-up work (the first batches, worker start, allocator warm-up), so the
@@ -24,62 +24,80 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["BudgetClock", "BudgetKeeper", "BudgetPlan", "evals_between", "plan_epochs", "shrink_plan"]
+__all__ = ["BudgetClock", "BudgetKeeper", "BudgetPlan", "evals_for", "make_plan", "plan_steps", "shrink_plan"]
 
 #: Fraction of the budget held back for checkpoint writes and timing noise.
 SAFETY_FRACTION = 0.03
-#: Never plan more epochs than this (a budget far too large for a tiny set would otherwise plan millions).
+#: Never plan more epochs than this (a budget far too large for a tiny set would otherwise plan millions of steps).
 MAX_EPOCHS = 10_000
 
 Clock = Literal["wall", "cpu"]
 
 
-def evals_between(done: int, end: int, eval_every: int) -> int:
-    """How many evaluations the epochs `done + 1 .. end` trigger: every `eval_every`-th epoch, and always the last."""
-    if end <= done:
+def evals_for(done_steps: int, total_steps: int, steps_per_epoch: int, eval_every: int) -> int:
+    """Evaluations a run triggers going from `done_steps` to `total_steps`: at the end of every `eval_every`-th
+    epoch, and always once at the very end (which may fall inside an epoch)."""
+    if total_steps <= done_steps:
         return 0
-    every = max(1, eval_every)
-    count = end // every - done // every
-    return count + (0 if end % every == 0 else 1)
+    spe, every = max(1, steps_per_epoch), max(1, eval_every)
+    full = total_steps // spe
+    count = full // every - (done_steps // spe) // every
+    ends_on_eval = total_steps % spe == 0 and full % every == 0
+    return count + (0 if ends_on_eval else 1)
 
 
 def planned_seconds(
-    epochs: int, *, done: int, elapsed_s: float, epoch_s: float, eval_s: float, eval_every: int
+    total_steps: int,
+    *,
+    done_steps: int,
+    steps_per_epoch: int,
+    elapsed_s: float,
+    epoch_s: float,
+    eval_s: float,
+    eval_every: int,
 ) -> float:
-    """Time at which a run that has finished `done` epochs after `elapsed_s` ends if it trains to `epochs`."""
-    return elapsed_s + (epochs - done) * epoch_s + evals_between(done, epochs, eval_every) * eval_s
+    """When a run that is at `done_steps` after `elapsed_s` ends if it trains to `total_steps` optimizer steps."""
+    step_s = epoch_s / max(1, steps_per_epoch)
+    evals = evals_for(done_steps, total_steps, steps_per_epoch, eval_every)
+    return elapsed_s + (total_steps - done_steps) * step_s + evals * eval_s
 
 
-def plan_epochs(
+def plan_steps(
     budget_s: float,
     *,
-    done: int,
+    done_steps: int,
+    steps_per_epoch: int,
     elapsed_s: float,
     epoch_s: float,
     eval_s: float,
     eval_every: int = 1,
     safety: float = SAFETY_FRACTION,
 ) -> int:
-    """The largest epoch count (>= `done`, and >= 1) whose planned end stays within `budget_s * (1 - safety)`.
+    """The largest optimizer-step count (>= `done_steps`, >= 1) whose planned end stays within
+    `budget_s * (1 - safety)`. `epoch_s` and `eval_s` are the measured costs of one epoch and one evaluation.
 
-    `epoch_s` and `eval_s` are the measured cost of one training epoch and one evaluation.
+    Steps, not epochs: with large photos and a short budget an epoch is a big share of the budget, and rounding the
+    plan down to whole epochs would leave much of it unused; the last epoch may end part-way.
     """
     if budget_s <= 0:
         raise ValueError(f"budget_s must be positive, got {budget_s}")
     limit = budget_s * (1.0 - safety)
-    per_epoch = max(epoch_s, 1e-6)
-    # Start from the estimate that ignores the eval pattern, then step down until the exact count fits.
-    guess = done + int(max(0.0, limit - elapsed_s) // (per_epoch + max(eval_s, 0.0) / max(1, eval_every)))
-    epochs = min(max(guess + 2, done), MAX_EPOCHS)
-    while (
-        epochs > done
-        and planned_seconds(
-            epochs, done=done, elapsed_s=elapsed_s, epoch_s=per_epoch, eval_s=eval_s, eval_every=eval_every
-        )
-        > limit
-    ):
-        epochs -= 1
-    return max(epochs, done, 1)
+    spe = max(1, steps_per_epoch)
+    step_s = max(epoch_s / spe, 1e-9)
+    kw = {
+        "done_steps": done_steps,
+        "steps_per_epoch": spe,
+        "elapsed_s": elapsed_s,
+        "epoch_s": epoch_s,
+        "eval_s": eval_s,
+        "eval_every": eval_every,
+    }
+    # Start above the answer (only the final evaluation counted), then step down until the exact end fits.
+    steps = min(done_steps + 1 + int(max(0.0, limit - elapsed_s - eval_s) // step_s), MAX_EPOCHS * spe)
+    while steps > done_steps and planned_seconds(steps, **kw) > limit:
+        # Jump by the overshoot when it is large (many intermediate evaluations), else one step at a time.
+        steps -= max(1, int((planned_seconds(steps, **kw) - limit) // (step_s + eval_s / spe)))
+    return max(steps, done_steps, 1)
 
 
 @dataclass
@@ -88,11 +106,13 @@ class BudgetPlan:
 
     budget_s: float
     clock: str
-    epochs: int
+    steps: int  # optimizer steps of the whole run
+    epochs: int  # epochs started (the last may end part-way): ceil(steps / steps_per_epoch)
+    steps_per_epoch: int
     epoch_s: float
     eval_s: float
-    planned_at_epoch: int  # epochs finished when the plan was made (or last shrunk)
-    planned_at_s: float = 0.0  # budget seconds spent by then
+    planned_at_step: int  # steps done when the plan was made (or last shrunk)
+    planned_at_s: float  # budget seconds spent by then
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,31 +122,70 @@ class BudgetPlan:
         return cls(
             budget_s=float(d["budget_s"]),
             clock=str(d["clock"]),
+            steps=int(d["steps"]),
             epochs=int(d["epochs"]),
+            steps_per_epoch=int(d["steps_per_epoch"]),
             epoch_s=float(d["epoch_s"]),
             eval_s=float(d["eval_s"]),
-            planned_at_epoch=int(d["planned_at_epoch"]),
-            planned_at_s=float(d.get("planned_at_s", 0.0)),
+            planned_at_step=int(d["planned_at_step"]),
+            planned_at_s=float(d["planned_at_s"]),
+        )
+
+    def end_s(self, eval_every: int) -> float:
+        """When this plan ends, by its own estimates."""
+        return planned_seconds(
+            self.steps,
+            done_steps=self.planned_at_step,
+            steps_per_epoch=self.steps_per_epoch,
+            elapsed_s=self.planned_at_s,
+            epoch_s=self.epoch_s,
+            eval_s=self.eval_s,
+            eval_every=eval_every,
         )
 
 
-def shrink_plan(plan: BudgetPlan, *, done: int, elapsed_s: float, epoch_s: float, eval_every: int) -> BudgetPlan | None:
-    """A shorter plan when the run, at `elapsed_s` after `done` epochs, can no longer finish `plan.epochs` in time.
-
-    `epoch_s` is the recent cost of an epoch (e.g. the slowest of the plan's estimate and the last epoch). Returns None
-    when the plan still fits: plans only ever shrink, so a run never outgrows a budget it was given.
-    """
-    if done >= plan.epochs:
-        return None
-    end = planned_seconds(
-        plan.epochs, done=done, elapsed_s=elapsed_s, epoch_s=epoch_s, eval_s=plan.eval_s, eval_every=eval_every
+def make_plan(
+    budget_s: float,
+    clock: str,
+    *,
+    done_steps: int,
+    steps_per_epoch: int,
+    elapsed_s: float,
+    epoch_s: float,
+    eval_s: float,
+    eval_every: int,
+    at_most: int | None = None,
+) -> BudgetPlan:
+    steps = plan_steps(
+        budget_s,
+        done_steps=done_steps,
+        steps_per_epoch=steps_per_epoch,
+        elapsed_s=elapsed_s,
+        epoch_s=epoch_s,
+        eval_s=eval_s,
+        eval_every=eval_every,
     )
+    if at_most is not None:
+        steps = min(steps, at_most)
+    epochs = -(-steps // max(1, steps_per_epoch))
+    return BudgetPlan(budget_s, clock, steps, epochs, steps_per_epoch, epoch_s, eval_s, done_steps, elapsed_s)
+
+
+def shrink_plan(
+    plan: BudgetPlan, *, done_steps: int, elapsed_s: float, epoch_s: float, eval_every: int
+) -> BudgetPlan | None:
+    """A shorter plan when the run, at `elapsed_s` after `done_steps`, can no longer finish `plan.steps` in time.
+
+    `epoch_s` is the recent cost of an epoch. Returns None when the plan still fits: plans only ever shrink, so a run
+    never outgrows the budget it was given.
+    """
+    if done_steps >= plan.steps:
+        return None
+    kw = {"steps_per_epoch": plan.steps_per_epoch, "elapsed_s": elapsed_s, "epoch_s": epoch_s, "eval_every": eval_every}
+    end = planned_seconds(plan.steps, done_steps=done_steps, eval_s=plan.eval_s, **kw)
     if end <= plan.budget_s * (1.0 - SAFETY_FRACTION / 2):
         return None
-    epochs = plan_epochs(
-        plan.budget_s, done=done, elapsed_s=elapsed_s, epoch_s=epoch_s, eval_s=plan.eval_s, eval_every=eval_every
-    )
-    return BudgetPlan(plan.budget_s, plan.clock, min(epochs, plan.epochs), epoch_s, plan.eval_s, done, elapsed_s)
+    return make_plan(plan.budget_s, plan.clock, done_steps=done_steps, eval_s=plan.eval_s, at_most=plan.steps, **kw)
 
 
 class BudgetClock:
@@ -184,20 +243,30 @@ class BudgetKeeper:
             return self.elapsed() >= self.budget_s * self.FIRST_EPOCH_FRACTION
         return self.elapsed() >= self.budget_s * (1.0 - SAFETY_FRACTION) - self.plan.eval_s
 
-    def epoch_finished(self, done: int, epoch_s: float, eval_s: float | None) -> BudgetPlan | None:
+    def epoch_finished(
+        self, done_steps: int, steps_per_epoch: int, epoch_s: float, eval_s: float | None
+    ) -> BudgetPlan | None:
         """Plan after the first epoch; afterwards shrink the plan if the run fell behind. Returns a new plan or None."""
         elapsed = self.elapsed()
         if self.plan is None:
             if eval_s is None:
                 raise ValueError("the first epoch of a budgeted run must be evaluated before planning")
-            epochs = plan_epochs(
-                self.budget_s, done=done, elapsed_s=elapsed, epoch_s=epoch_s, eval_s=eval_s, eval_every=self.eval_every
+            self.plan = make_plan(
+                self.budget_s,
+                self.clock.kind,
+                done_steps=done_steps,
+                steps_per_epoch=steps_per_epoch,
+                elapsed_s=elapsed,
+                epoch_s=epoch_s,
+                eval_s=eval_s,
+                eval_every=self.eval_every,
             )
-            self.plan = BudgetPlan(self.budget_s, self.clock.kind, epochs, epoch_s, eval_s, done, elapsed)
             return self.plan
         if eval_s is not None and eval_s > self.plan.eval_s:
             self.plan.eval_s = eval_s
-        new = shrink_plan(self.plan, done=done, elapsed_s=elapsed, epoch_s=epoch_s, eval_every=self.eval_every)
+        new = shrink_plan(
+            self.plan, done_steps=done_steps, elapsed_s=elapsed, epoch_s=epoch_s, eval_every=self.eval_every
+        )
         if new is not None:
             self.plan = new
         return new
