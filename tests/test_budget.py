@@ -162,3 +162,11 @@ def test_non_positive_budget_is_refused(data_dir, tmp_path):  # noqa: F811
 
     with pytest.raises(InputError, match="time_budget"):
         train(tiny_config(data_dir, time_budget=0.0), tmp_path / "run")
+
+
+def test_from_scratch_config_trains_to_a_budget_with_mosaic():
+    from birddet.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "from_scratch.yaml")
+    assert cfg.train.time_budget == 10 and cfg.model.backbone.weights is None
+    assert cfg.data.augment.mosaic == 1.0 and cfg.data.augment.mosaic_off_epochs >= 1
