@@ -5,7 +5,9 @@
 
 `speed`: milliseconds per crop for training (forward + backward + AdamW step, batch 32) and inference (forward
 under `no_grad`, batch 64) at each crop size, plus the data side (decode + crop rule + augmentation of one
-`CocoCrops` item on the synthetic set). Random weights: cost does not depend on them.
+`CocoCrops` item on the synthetic set). Random weights: cost does not depend on them. On CPU the figures are
+process CPU time (run with OMP_NUM_THREADS=1 for single-core cost that other processes on the machine do not
+inflate); on a GPU, wall time after synchronising.
 
 `curve`: runs `train-classifier` on the species quickstart (validating every epoch) in a temporary folder and prints
 val top-1 against elapsed wall and CPU time (process user + system, which does not count time waiting for a core).
@@ -41,9 +43,10 @@ def per_crop_ms(preset: str, size: int, *, train: bool, batch: int, repeats: int
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 100, (batch,), device=device)
     net.train(train)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     times = []
     for i in range(repeats + 1):
-        start = time.perf_counter()
+        start = clock()
         if train:
             loss = torch.nn.functional.cross_entropy(net(x), y)
             loss.backward()
@@ -55,7 +58,7 @@ def per_crop_ms(preset: str, size: int, *, train: bool, batch: int, repeats: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return 1000.0 * statistics.median(times) / batch
 
 
@@ -74,10 +77,10 @@ def data_ms_per_crop(size: int, n: int = 64) -> float:
             augment=CropAugment(CropAugmentConfig()),
         )
         n = min(n, len(ds))
-        start = time.perf_counter()
+        start = time.process_time()
         for i in range(n):
             ds[i]
-        return 1000.0 * (time.perf_counter() - start) / n
+        return 1000.0 * (time.process_time() - start) / n
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -127,7 +130,7 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("--presets", default="vit_reg4_small16_rms_avg,vit_reg4_m16_rms_avg")
     s.add_argument("--sizes", default="64,128,224,256")
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--repeats", type=int, default=3, help="timed batches per measurement (median)")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c = sub.add_parser("curve")
     c.add_argument("--config", default="configs/species_quickstart.yaml")
