@@ -1,10 +1,10 @@
-"""`train.time_budget`: fit a run's epoch count (and so its LR schedule) to a time budget, as YOLO's `time=` does.
+"""`train.time_budget`: fit a run's length (and so its LR schedule) to a time budget, as YOLO's `time=` does.
 
 A fixed epoch count is the wrong unit for a first run on one's own photos: nobody knows what an epoch costs on their
 machine. With a budget the run trains one epoch, evaluates once, and from those two measurements picks the number of
 optimizer steps that fits the budget, evaluation included (the last epoch may end part-way); the cosine or step
-schedule is then laid over the planned steps, so it decays fully by the end instead of being cut off mid-way. The plan is recorded (`metrics.jsonl`, `last.pt`), and
-a resumed run keeps it.
+schedule is then laid over the planned steps, so it decays fully by the end instead of being cut off mid-way. The
+plan is recorded (`metrics.jsonl`, `last.pt`), and a resumed run keeps it.
 
 The measured first epoch also pays for start-up work (the first batches, worker start, allocator warm-up), so the
 plan errs on the short side; `SAFETY_FRACTION` of the budget is kept back for checkpoint writes and timing noise.

@@ -33,12 +33,19 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     size = cfg.model.input_size
     aug = cfg.data.augment
     cmap = CategoryMap.from_dict(categories) if categories else None
-    train_ds = CocoDetection(
-        paths.train_ann,
-        paths.train_images,
-        build_train_transforms(size, scale_range=aug.scale_range, hflip=aug.hflip, color_jitter=aug.color_jitter),
-        category_map=cmap,
-    )
+    try:
+        train_transforms = build_train_transforms(
+            size,
+            scale_range=aug.scale_range,
+            hflip=aug.hflip,
+            color_jitter=aug.color_jitter,
+            mosaic=aug.mosaic,
+            mosaic_off_epochs=aug.mosaic_off_epochs,
+            copy_paste=aug.copy_paste,
+        )
+    except ValueError as err:
+        raise InputError(f"data.augment: {err}") from None
+    train_ds = CocoDetection(paths.train_ann, paths.train_images, train_transforms, category_map=cmap)
     val_ds = CocoDetection(
         paths.val_ann,
         paths.val_images,

@@ -22,6 +22,10 @@ resumed run on CPU reproduces the losses of an uninterrupted one exactly.
 
 `train.max_steps` stops early (a smoke test, a benchmark) without changing the LR schedule, which always spans
 `train.epochs`; a run stopped that way resumes mid-epoch from the batch it stopped at.
+
+`train.time_budget` (minutes) replaces `train.epochs` by a planned number of steps after the first epoch (see
+`birddet/engine/budget.py`; the last epoch may end part-way); the plan is a `budget_plan` line in `metrics.jsonl`
+and part of `last.pt`, so a resumed run follows it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from birddet.config import TrainConfig, config_to_dict, save_config
 from birddet.engine import distributed as D
-from birddet.engine.optim import build_scheduler
+from birddet.engine.budget import BudgetKeeper, BudgetPlan
+from birddet.engine.optim import build_scheduler, resize_schedule
 from birddet.errors import InputError, RunStopped
 
 logger = logging.getLogger(__name__)
@@ -334,6 +339,12 @@ class Trainer:
             )
         if t.batch_size < 1 or t.accumulate < 1 or t.epochs < 1:
             raise InputError("train.batch_size, train.accumulate and train.epochs must all be at least 1")
+        if t.time_budget is not None and t.time_budget <= 0:
+            raise InputError(f"train.time_budget is in minutes and must be positive, got {t.time_budget}")
+        # The budget clock starts first: data checks and model building are part of what the user waits for.
+        self.budget = (
+            BudgetKeeper(t.time_budget, clock=t.budget_clock, eval_every=t.eval_every) if t.time_budget else None
+        )
         self.state = RunState()
         ckpt = self._read_resume_checkpoint() if resume else None
         if not resume and (self.out / LAST).exists():
@@ -348,6 +359,7 @@ class Trainer:
         self.model = D.wrap_model(self.net, ctx)
         self.optimizer = task.build_optimizer(self.net)
         self.batches_per_epoch = len(task.epoch_batches(0))
+        self.epochs = t.epochs  # a time budget replaces it with the planned count after the first epoch
         self.total_steps = t.epochs * steps_per_epoch(self.batches_per_epoch, t.accumulate)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
@@ -416,6 +428,11 @@ class Trainer:
                 len(per_rank), self.ctx.world_size,
             )  # fmt: skip
             seed_everything(self.cfg.train.seed + 1_000 * self.ctx.rank + s.step)
+        budget = training.get("budget")
+        if self.budget is not None and budget:  # resume keeps the plan and the time already spent
+            self.budget.clock.offset_s = float(budget["elapsed_s"])
+            if budget.get("plan"):
+                self._follow_plan(BudgetPlan.from_dict(budget["plan"]))
         logger.info("resuming %s at epoch %d, step %d", self.out, s.epoch + 1, s.step)
 
     def _read_log(self) -> list[dict[str, Any]]:
@@ -447,6 +464,12 @@ class Trainer:
             # Every rank draws its own RPN/RoI samples: a resumed DDP run continues exactly only if each rank gets
             # its own stream back, not rank 0's.
             "rng_per_rank": rng_per_rank,
+            "budget": {
+                "elapsed_s": self.budget.elapsed(),
+                "plan": self.budget.plan.as_dict() if self.budget.plan else None,
+            }
+            if self.budget is not None
+            else None,
             "user_config": config_to_dict(self.cfg),
         }
 
@@ -485,6 +508,9 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------------------------
     def _loader(self, batches: list[list[int]], epoch: int) -> DataLoader:
         self.seeded.epoch = epoch
+        transforms = getattr(self.task.train_set, "transforms", None)
+        if hasattr(transforms, "set_epoch"):  # e.g. mosaic switched off for the last epochs
+            transforms.set_epoch(epoch, self.epochs)
         workers = self.cfg.data.workers
         return DataLoader(
             self.seeded,
@@ -559,7 +585,7 @@ class Trainer:
         bar = tqdm(
             total=len(groups),
             initial=done,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
+            desc=f"epoch {epoch + 1}/{self.epochs}",
             unit="step",
             disable=not self.ctx.is_main,
             dynamic_ncols=True,
@@ -595,6 +621,8 @@ class Trainer:
                     tick, seen = time.perf_counter(), 0
                 if t.max_steps is not None and s.step >= t.max_steps:
                     return True
+                if self._budget_spent():
+                    return True
             return False
         finally:
             bar.close()
@@ -603,24 +631,81 @@ class Trainer:
         t = self.cfg.train
         s = self.state
         stopped = t.max_steps is not None and s.step >= t.max_steps
-        while s.epoch < t.epochs and not stopped:
+        stopped = stopped or self._budget_spent()
+        clock = self.budget.elapsed if self.budget is not None else time.perf_counter
+        started = clock()
+        while s.epoch < self.epochs and not stopped:
             epoch = s.epoch
+            batches_before = s.batches_done
             stopped = self._train_epoch(epoch)
+            fraction_run = max(1, s.batches_done - batches_before) / self.batches_per_epoch
             epoch_done = s.batches_done >= self.batches_per_epoch
             if epoch_done:
                 s.epoch, s.batches_done = epoch + 1, 0
-            final = stopped or s.epoch >= t.epochs
-            if (epoch_done and (epoch + 1) % t.eval_every == 0) or final:
+            final = stopped or s.epoch >= self.epochs or self._budget_spent()
+            eval_s = None
+            if (epoch_done and (epoch + 1) % t.eval_every == 0) or final or self._budget_needs_eval(epoch_done):
+                eval_started = clock()
                 self.evaluate(epoch)
+                eval_s = clock() - eval_started
             self.save_last()
             if self.ctx.is_main:
                 from birddet.engine.plots import plot_losses
 
                 plot_losses(self.log_records, self.out / "loss.png")
+            # An epoch's cost is everything from one epoch's start to the next but the evaluation: checkpoints,
+            # plots and planning included.
+            now = clock()
+            epoch_s, started = (now - started - (eval_s or 0.0)) / fraction_run, now
+            if epoch_done and self.budget is not None and self._plan_budget(epoch, epoch_s, eval_s):
+                self.save_last()  # the plan is part of the training state a resume continues
         if s.best_epoch < 0:  # resumed a finished run or stopped before any evaluation: evaluate once
             self.evaluate(max(s.epoch - 1, 0))
             self.save_last()
         return self.summary()
+
+    # -- time budget (birddet/engine/budget.py decides; these apply its decisions) ---------------------------------
+    def _budget_spent(self) -> bool:
+        """The planned steps are done, or the time is up (every rank gets rank 0's answer)."""
+        if self.budget is None:
+            return False
+        if self.budget.plan is not None and self.state.step >= self.total_steps:
+            return True
+        if D.broadcast_object(self.budget.out_of_time()):
+            logger.info("time budget reached at step %d: finishing the run", self.state.step)
+            return True
+        return False
+
+    def _budget_needs_eval(self, epoch_done: bool) -> bool:
+        return epoch_done and self.budget is not None and self.budget.must_evaluate()
+
+    def _plan_budget(self, epoch: int, epoch_s: float, eval_s: float | None) -> bool:
+        """After a complete epoch: plan (first epoch) or shrink the plan; log it; evaluate if this is now the end.
+
+        Returns True when the plan changed.
+        """
+        assert self.budget is not None
+        spe = steps_per_epoch(self.batches_per_epoch, self.cfg.train.accumulate)
+        plan = D.broadcast_object(self.budget.epoch_finished(self.state.step, spe, epoch_s, eval_s))
+        if plan is None:
+            return False
+        self._follow_plan(plan)
+        logger.info(
+            "time budget %.1f min (%s clock): %d steps (%d epochs) planned (epoch %.1f s, evaluation %.1f s)",
+            plan.budget_s / 60, plan.clock, plan.steps, plan.epochs, plan.epoch_s, plan.eval_s,
+        )  # fmt: skip
+        self._log({"epoch": epoch + 1, "step": self.state.step, "budget_plan": plan.as_dict()})
+        if self.state.step >= self.total_steps and eval_s is None:
+            self.evaluate(epoch)
+        return True
+
+    def _follow_plan(self, plan: BudgetPlan) -> None:
+        """Train for `plan.steps`, with the LR schedule stretched or shrunk to end with them."""
+        assert self.budget is not None
+        self.budget.plan = plan
+        self.epochs = plan.epochs
+        self.total_steps = plan.steps
+        self.scheduler = resize_schedule(self.scheduler, self.cfg.train, self.total_steps)
 
     def _groups_done(self, groups: list[list[list[int]]]) -> int:
         done, count = self.state.batches_done, 0
