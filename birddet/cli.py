@@ -173,7 +173,7 @@ def _tile_options(args: argparse.Namespace) -> Any:
         merge=args.merge,
         match=args.merge_match,
         match_threshold=args.merge_threshold,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or TileOptions.batch_size,  # eval resolves its default from the run
     )
 
 

@@ -8,6 +8,7 @@ strided shard and the lists are gathered, so evaluation happens once, on rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -194,6 +195,8 @@ def evaluate_checkpoint(
         del ckpt
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
+        if tile is not None:  # tiled, the batch is windows of one image
+            tile = dataclasses.replace(tile, batch_size=batch_size)
         amp = cfg.train.amp if amp is None else amp
         dataset = CocoDetection(
             str(ann),
