@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from birddet import __version__
 from birddet.errors import InputError, RunStopped
@@ -98,6 +99,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--conf", type=float, default=0.5, help="score threshold for the confusion matrix")
     p.add_argument("--no-plots", action="store_true")
+    _add_tiling_flags(p, merge=True)
     p.set_defaults(func=_run_eval)
 
 
@@ -107,6 +109,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.ann).stem}"
     if args.classifier:
+        if args.tile is not None or args.max_dets is not None:
+            raise InputError("--tile and --max-dets are not supported with --classifier (two-stage eval) yet")
         return _run_eval_two_stage(args, out)
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -119,6 +123,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         device=args.device,
         plots=not args.no_plots,
         conf_threshold=args.conf,
+        tile=_tile_options(args),
+        max_dets=args.max_dets,
     )
     if result is not None:  # None on non-zero ranks under torchrun
         print(format_table(result))
@@ -153,6 +159,22 @@ def _run_eval_two_stage(args: argparse.Namespace, out: Path) -> int:
         )
         print(f"results written to {out}")
     return 0
+
+
+def _tile_options(args: argparse.Namespace) -> Any:
+    if args.tile is None:
+        return None
+    from birddet.pipeline.tiling import TileOptions
+
+    return TileOptions(
+        size=args.tile,
+        overlap=args.tile_overlap,
+        full_image=not args.no_full_image,
+        merge=args.merge,
+        match=args.merge_match,
+        match_threshold=args.merge_threshold,
+        batch_size=args.batch_size or TileOptions.batch_size,  # eval resolves its default from the run
+    )
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -201,7 +223,36 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--resume", action="store_true", help="skip images already finished in OUT")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save partial results every N images")
+    p.add_argument(
+        "--draw-conf", type=float, default=0.3, help="lowest score drawn by --save-images (files keep all >= --conf)"
+    )
+    _add_tiling_flags(p, merge=True)
     p.set_defaults(func=_run_predict)
+
+
+def _add_tiling_flags(p: argparse.ArgumentParser, *, merge: bool) -> None:
+    """Sliced inference and box caps, shared by predict and eval (see birddet.pipeline.tiling)."""
+    g = p.add_argument_group("big images, small birds (tiling) and dense scenes")
+    g.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="detect in overlapping SIZE x SIZE windows in original pixels (the model's image_size keeps pixels 1:1)",
+    )
+    g.add_argument("--tile-overlap", type=float, default=0.25, help="fraction of --tile shared by neighbouring windows")
+    g.add_argument("--no-full-image", action="store_true", help="skip the extra whole-image pass when tiling")
+    if merge:
+        g.add_argument("--merge", choices=("nms", "nmm"), default="nms", help="class-aware NMS or greedy box merging")
+        g.add_argument("--merge-match", choices=("iou", "ios"), default="iou", help="IoU, or intersection over smaller")
+        g.add_argument("--merge-threshold", type=float, default=0.5, help="overlap at which two boxes are one bird")
+    g.add_argument(
+        "--max-dets",
+        type=int,
+        default=None,
+        metavar="N",
+        help="boxes per image (default: the checkpoint's detections_per_img untiled, every merged box tiled)",
+    )
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -226,6 +277,14 @@ def _run_predict(args: argparse.Namespace) -> int:
         amp=args.amp,
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
+        draw_conf=args.draw_conf,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        full_image=not args.no_full_image,
+        merge=args.merge,
+        merge_match=args.merge_match,
+        merge_threshold=args.merge_threshold,
+        max_dets=args.max_dets,
     )
     summary = run_prediction(args.checkpoint, args.sources, Path(args.out), options)
     print(summary)

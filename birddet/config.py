@@ -135,11 +135,29 @@ class AugmentConfig:
 
 
 @dataclass
+class TileConfig:
+    """Train on windows cut from big images (aerial surveys, colonies) instead of whole images shrunk to
+    `model.image_size`. Off while `size` is null. The window list is computed once from the COCO file (image sizes
+    and boxes, no decoding), so it is the same on every run and a resumed run sees the same items."""
+
+    # Window side in original pixels (model.image_size keeps birds at their own size); null = whole images.
+    size: int | None = None
+    # Fraction of `size` shared by neighbouring windows, as in tiled prediction.
+    overlap: float = 0.25
+    # A box is kept in a window when at least this fraction of its area is inside; windows that only hold slivers
+    # below it are left out (they would teach the detector that part of a bird is background).
+    min_visibility: float = 0.5
+    # Fraction of the windows without any bird that are kept as negatives (chosen by train.seed).
+    negatives: float = 0.1
+
+
+@dataclass
 class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tile: TileConfig = field(default_factory=TileConfig)
     workers: int = 2
     aspect_ratio_grouping: bool = True
 

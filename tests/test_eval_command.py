@@ -66,3 +66,27 @@ def test_results_are_rescaled_from_the_transformed_image_to_orig_size():
     assert r["image_id"] == 7 and r["category_id"] == 9
     assert r["bbox"] == pytest.approx([5.0, 10.0, 20.0, 20.0])
     assert r["score"] == pytest.approx(0.9)
+
+
+def test_tiled_eval_with_max_dets_over_100_records_the_max_dets_used(split, tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path / "tiny.pt", {1: "songbird", 2: "wader", 3: "raptor"})
+    out = tmp_path / "eval"
+    argv = ["eval", str(ckpt), "--ann", str(split["val"]), "--images", str(split["images"]), "--out", str(out)]
+    code = main([*argv, "--workers", "0", "--no-plots", "--device", "cpu", "--tile", "96", "--max-dets", "300"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["max_dets"] == [1, 10, 300]
+    results = json.loads((out / "results.json").read_text())
+    per_image: dict[int, int] = {}
+    for r in results:
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+    assert max(per_image.values()) <= 300
+    gt = json.loads(Path(split["val"]).read_text())
+    sizes = {img["id"]: (img["width"], img["height"]) for img in gt["images"]}
+    for r in results:
+        x, y, w, h = r["bbox"]
+        width, height = sizes[r["image_id"]]
+        assert x >= 0 and y >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+    plain = tmp_path / "plain"
+    assert main([*argv[:-1], str(plain), "--workers", "0", "--no-plots", "--device", "cpu"]) == 0
+    assert json.loads((plain / "metrics.json").read_text())["max_dets"] == [1, 10, 100]

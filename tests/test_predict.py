@@ -189,11 +189,11 @@ def test_odd_images_are_converted_and_bad_ones_become_failures_in_every_format(
     if coco["annotations"]:
         api.loadRes(coco["annotations"])
 
-    # CSV: header, one row per detection plus one per failure.
+    # CSV: header, one row per detection plus one per failure and one per image without detections.
     with open(out / "predictions.csv", encoding="utf-8") as fh:
         assert next(csv.reader(fh)) == list(CSV_COLUMNS)
     assert sum(1 for r in rows if r["failure"]) == len(BAD)
-    assert sum(1 for r in rows if not r["failure"]) == n_dets
+    assert sum(1 for r in rows if not r["failure"] and r["count"] != "0") == n_dets
 
     # Annotated copies keep the relative path; the rotated one is drawn upright.
     for name in GOOD:
@@ -398,3 +398,46 @@ def test_unavailable_cuda_device_is_an_input_error(assets: dict[str, Path], tmp_
         pytest.skip("a GPU is present")
     rc = main(["predict", str(assets["ckpt"]), str(assets["images"]), "--out", str(tmp_path / "o"), "--device", "cuda"])
     assert rc == 2
+
+
+def test_tiled_dense_predict_writes_every_box_and_counts(assets: dict[str, Path], tmp_path: Path) -> None:
+    """A real (random) detector, tiled, with the cap lifted: every box reaches MegaDetector JSON, COCO and CSV."""
+    src = assets["images"] / "rgb.jpg"
+    out = tmp_path / "out"
+    argv = ["predict", str(assets["ckpt"]), str(src), "--out", str(out), "--no-classifier", "--workers", "0"]
+    rc = main([*argv, "--conf", "0.0", "--tile", "64", "--tile-overlap", "0.5", "--merge", "nmm", "--max-dets", "150"])
+    assert rc == 0
+    md, coco, rows = _read(out)
+    n = len(md["images"][0]["detections"])
+    assert 20 < n <= 150  # beyond the checkpoint's detections_per_img (20): windows add up
+    assert len(coco["annotations"]) == n and len(rows) == n
+    assert {r["count"] for r in rows} == {str(n)}
+    settings = json.loads((out / PROGRESS_NAME).read_text().splitlines()[0])["settings"]
+    assert settings["tile"] == 64 and settings["merge"] == "nmm" and settings["max_dets"] == 150
+    # a resume must use the same tiling
+    assert main([*argv, "--conf", "0.0", "--tile", "64", "--merge", "nms", "--max-dets", "150", "--resume"]) == 2
+
+
+def test_save_images_draws_only_boxes_above_draw_conf(
+    assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import birddet.pipeline.predict as predict_module
+
+    drawn: list[list[float]] = []
+    monkeypatch.setattr(
+        predict_module, "save_annotated", lambda img, dets, *a, **k: drawn.append([d.score for d in dets])
+    )
+    fake_boxes(monkeypatch)  # scores 0.9 and 0.05 per image
+    src = [assets["images"] / "rgb.jpg"]
+    opts = PredictOptions(workers=0, conf=0.01, save_images=True, use_classifier=False)
+    run_prediction(assets["ckpt"], src, tmp_path / "out", opts)
+    md, _, _ = _read(tmp_path / "out")
+    assert len(md["images"][0]["detections"]) == 2  # files keep everything >= --conf
+    assert drawn == [[pytest.approx(0.9)]]  # the picture shows only >= --draw-conf (0.3)
+
+
+def test_bad_tiling_options_exit_2(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = str(assets["images"] / "rgb.jpg")
+    for extra in (["--tile", "8"], ["--tile", "256", "--tile-overlap", "1.5"], ["--max-dets", "0"]):
+        assert main(["predict", str(assets["ckpt"]), src, "--out", str(tmp_path / "o"), *extra]) == 2
+        assert "Traceback" not in capsys.readouterr().err

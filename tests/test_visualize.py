@@ -68,3 +68,39 @@ def test_save_annotated_writes_readable_file_atomically(tmp_path: Path, taxonomy
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.jpg", "b.png"]
     with pytest.raises(ValueError, match="format"):
         save_annotated(image, [], tmp_path / "c.unknown", taxonomy)
+
+
+def test_labels_never_cover_each_other_and_stay_inside() -> None:
+    from birddet.pipeline.visualize import place_labels
+
+    # a tight flock: 60 birds of 12 px on a 200 x 120 image, labels 40 x 14
+    boxes = [(float(x), float(y), x + 12.0, y + 12.0) for y in range(4, 110, 16) for x in range(4, 190, 22)]
+    spots = place_labels(boxes, [(40.0, 14.0)] * len(boxes), (200, 120))
+    shown = [s for s in spots if s is not None]
+    assert 0 < len(shown) < len(boxes)  # not all fit: some boxes go unlabelled rather than overlapped
+    for i, a in enumerate(shown):
+        assert a[0] >= 0 and a[1] >= 0 and a[2] <= 200 and a[3] <= 120
+        for b in shown[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    # the first (most confident) box always gets the spot above it when there is room
+    assert place_labels([(50.0, 50.0, 80.0, 80.0)], [(40.0, 14.0)], (200, 120)) == [(50.0, 36.0, 90.0, 50.0)]
+
+
+def test_line_width_grows_with_the_image() -> None:
+    from birddet.pipeline.visualize import line_width
+
+    assert line_width((640, 480)) == 2
+    assert line_width((4000, 3000)) == 10
+    assert line_width((20000, 15000)) == 50
+
+
+def test_dense_flock_draws_every_box_and_only_the_strongest_labels(taxonomy: Taxonomy) -> None:
+    image = Image.new("RGB", (300, 200), GREY)
+    dets = [
+        Detection((float(x), float(y), x + 10.0, y + 10.0), 0.5 + 0.001 * i, 1, "bird", [], None)
+        for i, (x, y) in enumerate((x, y) for y in range(20, 190, 15) for x in range(5, 290, 15))
+    ]
+    pixels = np.asarray(draw_detections(image, dets, taxonomy))
+    for d in dets:  # every box outline is drawn (its left edge changed colour)
+        x1, y1, _, y2 = (int(v) for v in d.box_xyxy)
+        assert np.any(pixels[y1 : y2 + 1, x1] != GREY)

@@ -177,7 +177,7 @@ def test_coco_json_loads_in_pycocotools_and_round_trips_ids(
 # -- CSV --------------------------------------------------------------------------------------------------
 
 
-def test_csv_has_one_row_per_detection_and_per_failure(
+def test_csv_has_one_row_per_detection_per_failure_and_per_empty_image_with_counts(
     tmp_path: Path, results: list[ImageResult], taxonomy: Taxonomy
 ) -> None:
     path = write_predictions_csv(tmp_path / "p.csv", results, taxonomy=taxonomy)
@@ -185,7 +185,7 @@ def test_csv_has_one_row_per_detection_and_per_failure(
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
         rows = list(reader)
-    assert [r["file"] for r in rows] == ["cam1/a.jpg", "cam1/a.jpg", "cam2/broken.jpg", "cam2/b.jpg"]
+    assert [r["file"] for r in rows] == ["cam1/a.jpg", "cam1/a.jpg", "cam1/empty.jpg", "cam2/broken.jpg", "cam2/b.jpg"]
     first = rows[0]
     assert [float(first[k]) for k in ("x_min", "y_min", "x_max", "y_max")] == [10.0, 20.0, 110.0, 80.0]
     assert float(first["det_score"]) == pytest.approx(0.9876)
@@ -200,10 +200,13 @@ def test_csv_has_one_row_per_detection_and_per_failure(
         0.85,
     )
     assert float(rows[1]["x_min"]) == 0.0 and float(rows[1]["x_max"]) == 200.0
-    failed = rows[2]
+    assert [r["count"] for r in rows] == ["2", "2", "0", "", "1"]
+    empty = rows[2]  # read, nothing found: a zero count, not a missing line
+    assert all(empty[k] == "" for k in CSV_COLUMNS if k not in ("file", "count"))
+    failed = rows[3]
     assert failed["failure"] == "truncated JPEG"
     assert all(failed[k] == "" for k in CSV_COLUMNS if k not in ("file", "failure"))
-    assert rows[3]["species"] == "" and rows[3]["category"] == "mammal"
+    assert rows[4]["species"] == "" and rows[4]["category"] == "mammal"
 
 
 # -- all formats, atomicity -------------------------------------------------------------------------------

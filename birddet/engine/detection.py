@@ -46,18 +46,40 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     except ValueError as err:
         raise InputError(f"data.augment: {err}") from None
     train_ds = CocoDetection(paths.train_ann, paths.train_images, train_transforms, category_map=cmap)
+    tile = cfg.data.tile
     val_ds = CocoDetection(
         paths.val_ann,
         paths.val_images,
-        build_eval_transforms(size),
+        # tiled: validation runs tiled prediction on the original images (see `val_tile_options`)
+        None if tile.size else build_eval_transforms(size),
         category_map=train_ds.category_map,
         skip_bad_images=False,
     )
     if len(train_ds) == 0:
         raise InputError(f"{paths.train_ann} has no images to train on")
+    if tile.size:
+        from birddet.data.tiled import TiledCocoDetection
+
+        train_ds = TiledCocoDetection(
+            train_ds,
+            size=tile.size,
+            overlap=tile.overlap,
+            min_visibility=tile.min_visibility,
+            negatives=tile.negatives,
+            seed=cfg.train.seed,
+        )
     if len(val_ds) == 0:
         raise InputError(f"{paths.val_ann} has no images to validate on")
     return train_ds, val_ds
+
+
+def val_tile_options(cfg: Config) -> Any:
+    """Validation of a tiled run predicts the way the model will be used: tiled, with the training windows."""
+    if not cfg.data.tile.size:
+        return None
+    from birddet.pipeline.tiling import TileOptions
+
+    return TileOptions(size=cfg.data.tile.size, overlap=cfg.data.tile.overlap, batch_size=cfg.train.eval_batch_size)
 
 
 class DetectionTask(Task):
@@ -123,6 +145,7 @@ class DetectionTask(Task):
             workers=self.cfg.data.workers,
             amp=t.amp,
             device=self.ctx.device,
+            tile=val_tile_options(self.cfg),
         )
         if not self.ctx.is_main:
             return None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from birddet.engine.evaluator import STAT_NAMES, EvalResult
+from birddet.engine.evaluator import DEFAULT_MAX_DETS, STAT_NAMES, EvalResult
 from birddet.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -70,9 +70,15 @@ def format_table(result: EvalResult) -> str:
 
 
 def metrics_dict(result: EvalResult) -> dict[str, Any]:
-    """`{"stats": {...}, "per_class": [...]}` with plain Python numbers (numpy floats are not JSON)."""
+    """`{"stats": {...}, "max_dets": [1, 10, N], "per_class": [...]}` with plain Python numbers.
+
+    `max_dets` is pycocotools' `maxDets` the numbers were computed with: with N > 100 (dense scenes) the stat
+    named `AR100` is AR at N detections per image and every AP counts N boxes per image, as `summarize()` would.
+    """
+    ev = result.coco_eval
     return {
         "stats": {name: float(result.stats[name]) for name in STAT_NAMES},
+        "max_dets": [int(m) for m in (ev.params.maxDets if ev is not None else DEFAULT_MAX_DETS)],
         "per_class": [
             {k: (float(r[k]) if k in ("AP", "AP50", "AR100") else r[k]) for k in PER_CLASS_FIELDS}
             for r in result.per_class

@@ -8,6 +8,7 @@ strided shard and the lists are gathered, so evaluation happens once, on rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,6 +21,7 @@ from birddet.engine import distributed as D
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 from birddet.models.detector import coco_results, rescale_boxes
+from birddet.pipeline.tiling import TileOptions
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +75,15 @@ def run_detector(
     amp: bool | str = False,
     device: str | torch.device | None = None,
     progress: bool = False,
+    tile: TileOptions | None = None,
+    max_dets: int | None = None,
 ) -> list[dict[str, Any]]:
     """COCO results for every image of `dataset` (`CocoDetection` with eval transforms), on every rank.
 
     `detector` is a `BirdDetector` (or DDP around one); it is put in eval mode and restored afterwards. Each rank
-    runs its own shard; the gathered list is returned everywhere so the caller decides who scores it.
+    runs its own shard; the gathered list is returned everywhere so the caller decides who scores it. With `tile`
+    the dataset must give original-size images (no transform) and `BirdDetector.predict` tiles each one;
+    `max_dets` is the per-image box cap (see `BirdDetector.predict`).
     """
     module = D.unwrap_model(detector)
     device = torch.device(device) if device is not None else next(module.parameters()).device
@@ -102,9 +108,20 @@ def run_detector(
             from tqdm import tqdm
 
             iterator = tqdm(loader, desc="eval", unit="batch", leave=False)
+        conf = module.model.roi_heads.score_thresh
         for images, targets in iterator:
+            if tile is not None:
+                for pred, tgt in zip(
+                    module.predict(list(images), conf=conf, amp=dtype is not None, tile=tile, max_dets=max_dets),
+                    targets,
+                ):
+                    results.extend(coco_results(_image_id(tgt), pred.boxes, pred.scores, pred.category_ids))
+                continue
             batch = [img.to(device, non_blocking=True) for img in images]
-            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            with (
+                module.inference_caps(conf, max_dets),
+                torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+            ):
                 outputs = module(batch)
             for out, img, tgt in zip(outputs, images, targets):
                 results.extend(to_coco_results(out, img, tgt, module.label_to_category))
@@ -152,12 +169,16 @@ def evaluate_checkpoint(
     device: str = "auto",
     plots: bool = True,
     conf_threshold: float = 0.5,
+    tile: TileOptions | None = None,
+    max_dets: int | None = None,
 ) -> Any:
     """`birddet eval`: detect on an annotated split, write `results.json` and the report; `EvalResult` on rank 0.
 
     `batch_size` and `amp` default to what the run validated with (`train.eval_batch_size`, `train.amp`), so the
     stats of `birddet eval RUN/best.pt` on the run's val split are the stats in `RUN/metrics.json`.
-    Returns None on the other ranks of a torchrun launch (they only run their shard).
+    Returns None on the other ranks of a torchrun launch (they only run their shard). `tile` runs sliced inference
+    on the original images; `max_dets` caps boxes per image and, above 100, is the `maxDets` COCO scores with
+    (recorded in `metrics.json`), since pycocotools' default 100 would silently drop the rest of a flock.
     """
     from birddet.data.coco import CocoDetection
     from birddet.data.transforms import build_eval_transforms
@@ -174,26 +195,41 @@ def evaluate_checkpoint(
         del ckpt
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
+        if tile is not None:  # tiled, the batch is windows of one image
+            tile = dataclasses.replace(tile, batch_size=batch_size)
         amp = cfg.train.amp if amp is None else amp
         dataset = CocoDetection(
             str(ann),
             str(images),
-            build_eval_transforms(cfg.model.input_size),
+            None if tile is not None else build_eval_transforms(cfg.model.input_size),
             category_map=_category_map(categories),
         )
         results = run_detector(
-            detector, dataset, batch_size=batch_size, workers=workers, amp=amp, device=ctx.device, progress=True
+            detector,
+            dataset,
+            batch_size=1 if tile is not None else batch_size,  # tiled: the batch is windows, images come one by one
+            workers=workers,
+            amp=amp,
+            device=ctx.device,
+            progress=True,
+            tile=tile,
+            max_dets=max_dets,
         )
         if not ctx.is_main:
             return None
         out = Path(out_dir)
         atomic_write_json(out / "results.json", results)
         coco_gt = load_ground_truth(ann)
-        result = evaluate(coco_gt, results)
+        result = evaluate(coco_gt, results, max_dets=coco_max_dets(max_dets))
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
         return result
     finally:
         D.cleanup(ctx)
+
+
+def coco_max_dets(max_dets: int | None) -> tuple[int, int, int]:
+    """pycocotools' `maxDets` for a per-image box cap: the default (1, 10, 100) unless the cap is above 100."""
+    return (1, 10, max_dets) if max_dets is not None and max_dets > 100 else (1, 10, 100)
 
 
 def _category_map(categories: dict[int, str]) -> Any:

@@ -7,11 +7,12 @@ Everything after the pyramid is torchvision's (`FasterRCNN`, `RPNHead`, `AnchorG
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from birddet.backbone.weights import load_backbone
 from birddet.config import Config
 from birddet.errors import InputError
 from birddet.models.pyramid import SimpleFeaturePyramid
+from birddet.pipeline.tiling import TileOptions, tiled_detect
 
 # Used when the backbone starts from random weights and the config names no statistics.
 IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -151,46 +153,103 @@ class BirdDetector(nn.Module):
         conf: float = 0.05,
         batch_size: int = 4,
         amp: bool = False,
+        tile: int | TileOptions | None = None,
+        tile_overlap: float = 0.25,
+        full_image: bool = True,
+        merge: str = "nms",
+        merge_match: str = "iou",
+        merge_threshold: float = 0.5,
+        max_dets: int | None = None,
     ) -> list[Prediction]:
         """Detect birds in PIL images, image paths or tensors ([3, H, W], uint8 or float in [0, 1]).
 
         Returns one `Prediction` per image with boxes in that image's pixel coordinates and scores >= `conf`.
         Each image is first resized exactly as `birddet eval` resizes it (`EvalTransform.resize_image`), so a photo
         gets the same detections from both, and a 20-Mpx photo never reaches the model at full size.
+
+        `tile=SIZE` (or a `TileOptions`) switches to sliced inference for big images with small birds: overlapping
+        SIZE x SIZE windows in the image's own pixels, `batch_size` windows per forward, plus the whole image
+        resized when `full_image` is set, merged by class-aware `merge` ("nms" or greedy "nmm") with `merge_match`
+        ("iou" or "ios") at `merge_threshold` (see `birddet.pipeline.tiling`). `max_dets` caps the boxes per image:
+        untiled it replaces `model.roi_heads.detections_per_img` for this call (and lifts the RPN's test-time
+        proposal count to at least as many, or 1,000 birds could never come out of 300 proposals); tiled, each
+        window keeps the config's cap and the merged result is cut to `max_dets` (None keeps every merged box).
         """
         from birddet.data.transforms import build_eval_transforms
 
         single = isinstance(images, Image.Image | torch.Tensor | str | os.PathLike)
         items = [images] if single else list(images)
+        if max_dets is not None and max_dets < 1:
+            raise InputError(f"max_dets must be at least 1, got {max_dets}")
+        if isinstance(tile, int):
+            tile = TileOptions(
+                size=tile,
+                overlap=tile_overlap,
+                full_image=full_image,
+                merge=merge,  # type: ignore[arg-type]
+                match=merge_match,  # type: ignore[arg-type]
+                match_threshold=merge_threshold,
+                batch_size=batch_size,
+            )
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         resize = build_eval_transforms(self.config.model.input_size).resize_image
-        heads = self.model.roi_heads
-        saved_thresh = heads.score_thresh
-        heads.score_thresh = min(saved_thresh, conf)
-        try:
-            results: list[Prediction] = []
-            for start in range(0, len(items), batch_size):
-                arrays = [_to_array(x) for x in items[start : start + batch_size]]
-                tensors = [_array_to_tensor(resize(a)).to(device) for a in arrays]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    outputs = self.model(tensors)
-                for a, t, out in zip(arrays, tensors, outputs):
-                    results.append(self._prediction(out, tuple(t.shape[-2:]), a.shape[:2], conf))
-        finally:
-            heads.score_thresh = saved_thresh
-            self.train(was_training)
-        return results
 
-    def _prediction(
-        self, out: dict[str, torch.Tensor], model_hw: tuple[int, int], image_hw: tuple[int, int], conf: float
-    ) -> Prediction:
+        def detect(crops: Sequence[ImageInput]) -> list[dict[str, torch.Tensor]]:
+            """Resize each image as `birddet eval` does, run the model, return boxes in each input's pixels."""
+            arrays = [_to_array(c) for c in crops]
+            tensors = [_array_to_tensor(resize(a)).to(device) for a in arrays]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                outputs = self.model(tensors)
+            return [
+                {**out, "boxes": rescale_boxes(out["boxes"], tuple(t.shape[-2:]), a.shape[:2])}
+                for a, t, out in zip(arrays, tensors, outputs)
+            ]
+
+        try:
+            with self.inference_caps(conf, None if tile is not None else max_dets):
+                results: list[Prediction] = []
+                if tile is not None:
+                    for item in items:
+                        image = _image_tensor(item)
+                        out = tiled_detect(
+                            image, detect, tile, full_image_size=self.config.model.input_size, max_dets=max_dets
+                        )
+                        results.append(self._prediction(out, tuple(image.shape[-2:]), conf))
+                    return results
+                for start in range(0, len(items), batch_size):
+                    batch = items[start : start + batch_size]
+                    arrays = [_to_array(x) for x in batch]
+                    for a, out in zip(arrays, detect(arrays)):
+                        results.append(self._prediction(out, a.shape[:2], conf))
+                return results
+        finally:
+            self.train(was_training)
+
+    @contextlib.contextmanager
+    def inference_caps(self, conf: float, max_dets: int | None) -> Iterator[None]:
+        """Lower the box score threshold to `conf` and, with `max_dets`, set the per-image box cap (lifting the
+        RPN's test-time proposals to at least as many) while the block runs; the config's values come back after."""
+        heads, rpn = self.model.roi_heads, self.model.rpn
+        saved = (heads.score_thresh, heads.detections_per_img, dict(rpn._post_nms_top_n))
+        heads.score_thresh = min(heads.score_thresh, conf)
+        if max_dets is not None:
+            heads.detections_per_img = max_dets
+            rpn._post_nms_top_n["testing"] = max(rpn._post_nms_top_n["testing"], max_dets)
+        try:
+            yield
+        finally:
+            heads.score_thresh, heads.detections_per_img = saved[0], saved[1]
+            rpn._post_nms_top_n = saved[2]
+
+    def _prediction(self, out: dict[str, torch.Tensor], image_hw: tuple[int, int], conf: float) -> Prediction:
+        """`out`'s boxes are already in the image's pixels (`image_hw`)."""
         keep = out["scores"] >= conf
         labels = out["labels"][keep].tolist()
         cats = [self.label_to_category[label] for label in labels]
         return Prediction(
-            boxes=rescale_boxes(out["boxes"][keep], model_hw, image_hw),
+            boxes=out["boxes"][keep].float().cpu(),
             scores=out["scores"][keep].float().cpu(),
             category_ids=cats,
             names=[self.categories[c] for c in cats],
@@ -205,6 +264,8 @@ def _round32(size: float) -> int:
 
 def _to_array(image: ImageInput) -> np.ndarray:
     """`HxWx3` uint8 (PIL images, paths, uint8 tensors) or float32 in [0, 1] (float tensors) for the eval resize."""
+    if isinstance(image, np.ndarray):  # already converted (predict's untiled batches)
+        return image
     if isinstance(image, str | os.PathLike):
         from birddet.data.images import load_image
 
@@ -225,6 +286,16 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
 
         return to_tensor(array)
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+
+
+def _image_tensor(image: ImageInput) -> torch.Tensor:
+    """`[3, H, W]` as decoded, for tiling: uint8 for files and PIL images, a tensor as given. Windows are cut from
+    it as views and converted one batch at a time, so a huge image is never copied whole."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"image tensors must be [3, H, W], got {list(image.shape)}")
+        return image
+    return torch.from_numpy(_to_array(image)).permute(2, 0, 1)
 
 
 # -- assembly -------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from birddet.models.detector import BirdDetector
 from birddet.pipeline.sources import SourceImage, list_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
+from birddet.pipeline.tiling import TileOptions
 from birddet.pipeline.visualize import save_annotated
 from birddet.pipeline.writers import OUTPUT_NAMES, Detection, ImageResult, write_outputs
 
@@ -77,10 +78,35 @@ class PredictOptions:
     checkpoint_every: int = 500
     # Crop side for the classifier (a multiple of 16); None = the size the classifier file was trained at.
     classifier_size: int | None = None
+    # Sliced inference (birddet.pipeline.tiling): window side in original pixels, None = one resized pass.
+    tile: int | None = None
+    tile_overlap: float = 0.25
+    full_image: bool = True
+    merge: str = "nms"
+    merge_match: str = "iou"
+    merge_threshold: float = 0.5
+    # Boxes per image; None = the checkpoint's model.roi_heads.detections_per_img (every merged box when tiled).
+    max_dets: int | None = None
+    # Lowest score drawn by --save-images (the files get everything >= conf): weak boxes make a picture unreadable.
+    draw_conf: float = 0.3
+
+    def tile_options(self) -> TileOptions | None:
+        """The tiling settings as `TileOptions` (validated), or None for an untiled run."""
+        if self.tile is None:
+            return None
+        return TileOptions(
+            size=self.tile,
+            overlap=self.tile_overlap,
+            full_image=self.full_image,
+            merge=self.merge,  # type: ignore[arg-type]
+            match=self.merge_match,  # type: ignore[arg-type]
+            match_threshold=self.merge_threshold,
+            batch_size=self.batch_size,
+        )
 
     def validate(self) -> None:
         """Reject impossible values before any model is loaded, so a typo costs nothing."""
-        for name in ("conf", "classify_conf", "rollup_threshold"):
+        for name in ("conf", "classify_conf", "rollup_threshold", "draw_conf"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
@@ -88,6 +114,9 @@ class PredictOptions:
             value = getattr(self, name)
             if value < low:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.max_dets is not None and self.max_dets < 1:
+            raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
+        self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
         if not self.use_classifier and (self.taxon or self.species_list):
             raise InputError("--taxon and --species-list restrict the species classifier; drop --no-classifier")
         if not self.formats:
@@ -283,7 +312,12 @@ def _process_batch(
             results[i] = ImageResult(src.file, str(src.path), None, None, failure=reason)
     if loaded:
         predictions = run.detector.predict(
-            [img for _, img in loaded], conf=opts.conf, batch_size=len(loaded), amp=opts.amp
+            [img for _, img in loaded],
+            conf=opts.conf,
+            batch_size=len(loaded) if opts.tile is None else opts.batch_size,
+            amp=opts.amp,
+            tile=opts.tile_options(),
+            max_dets=opts.max_dets,
         )
         species: list[list[Any]] = [[] for _ in loaded]
         if run.classifier is not None:
@@ -318,12 +352,14 @@ def _process_batch(
 
 
 def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
-    """Annotated copy at ``OUT/images/<file>``; a failure here costs the picture, not the run."""
+    """Annotated copy at ``OUT/images/<file>`` of the boxes scoring at least ``draw_conf``; a failure here costs
+    the picture, not the run."""
     target = run.out_dir / "images" / result.file
     if Image.registered_extensions().get(target.suffix.lower()) is None:
         target = target.with_name(target.name + ".jpg")
     try:
-        save_annotated(TF.to_pil_image(image), result.detections, target, run.taxonomy)
+        shown = [d for d in result.detections if d.score >= run.options.draw_conf]
+        save_annotated(TF.to_pil_image(image), shown, target, run.taxonomy)
     except (OSError, ValueError) as exc:
         logger.warning("could not write annotated image %s: %s", target, exc)
 
@@ -341,6 +377,9 @@ def _settings(checkpoint: Path, classifier: SpeciesClassifier | None, options: P
         "common_names": options.common_names,
         "rollup_threshold": options.rollup_threshold,
         "classifier_size": options.classifier_size,
+        "max_dets": options.max_dets,
+        # Tiling keys appear only when tiling is on, so progress files from untiled runs stay resumable.
+        **(tiling.settings() if (tiling := options.tile_options()) is not None else {"tile": None}),
     }
 
 
@@ -382,7 +421,8 @@ def run_prediction(
     run = _Run(detector, classifier, options, out_dir)
     loader = DataLoader(
         ImageFiles([items[i].path for i in todo]),
-        batch_size=options.batch_size,
+        # Tiled, --batch-size counts windows and images come one at a time: a survey image can be gigabytes.
+        batch_size=options.batch_size if options.tile is None else 1,
         num_workers=options.workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",

@@ -30,6 +30,7 @@ MEGADETECTOR_FORMAT_VERSION = "1.4"
 OUTPUT_NAMES: dict[str, str] = {"megadetector": "megadetector.json", "coco": "coco.json", "csv": "predictions.csv"}
 CSV_COLUMNS: tuple[str, ...] = (
     "file",
+    "count",
     "x_min",
     "y_min",
     "x_max",
@@ -382,9 +383,11 @@ def write_predictions_csv(
 ) -> Path:
     """Write one row per detection, plus one row per failed image (empty box, reason in ``failure``).
 
-    Columns are :data:`CSV_COLUMNS`; boxes are pixel ``x_min, y_min, x_max, y_max``; ``species`` is the
-    scientific name of the top-1 class (its index when there is no taxonomy). Images that were read but had
-    no detection produce no row (the MegaDetector JSON lists them); UTF-8, ``\\r\\n`` line ends (csv module).
+    Columns are :data:`CSV_COLUMNS`; ``count`` is the number of detections of that row's image (the same on each
+    of its rows), so a flock's size is one lookup, and an image that was read but had no detection gets one row
+    with ``count`` 0 and an empty box: a count of zero is a result, not a missing line. Boxes are pixel
+    ``x_min, y_min, x_max, y_max``; ``species`` is the scientific name of the top-1 class (its index when there
+    is no taxonomy); UTF-8, ``\\r\\n`` line ends (csv module).
     """
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -393,12 +396,15 @@ def write_predictions_csv(
         if r.failure is not None:
             writer.writerow([r.file, *[""] * (len(CSV_COLUMNS) - 2), r.failure])
             continue
+        if not r.detections:
+            writer.writerow([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2)])
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             _, species, common, species_score = _species_fields(d, taxonomy)
             writer.writerow(
                 [
                     r.file,
+                    len(r.detections),
                     _fmt(x1, 2),
                     _fmt(y1, 2),
                     _fmt(x2, 2),
