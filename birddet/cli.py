@@ -244,7 +244,12 @@ def _add_tiling_flags(p: argparse.ArgumentParser, *, merge: bool) -> None:
     g.add_argument("--no-full-image", action="store_true", help="skip the extra whole-image pass when tiling")
     if merge:
         g.add_argument("--merge", choices=("nms", "nmm"), default="nms", help="class-aware NMS or greedy box merging")
-        g.add_argument("--merge-match", choices=("iou", "ios"), default="iou", help="IoU, or intersection over smaller")
+        g.add_argument(
+            "--merge-match",
+            choices=("iou", "ios"),
+            default="iou",
+            help="IoU (default), or intersection over the smaller box (joins cut halves; can swallow a flock)",
+        )
         g.add_argument("--merge-threshold", type=float, default=0.5, help="overlap at which two boxes are one bird")
     g.add_argument(
         "--max-dets",

@@ -145,23 +145,20 @@ class TiledCocoDetection(torch.utils.data.Dataset):
         base = self.base
         image_id = base.image_ids[w.index]
         info = base.images[image_id]
-        pixels = base._load_pixels(w.index)
-        boxes, labels = base._targets(image_id)
+        pixels, boxes, labels = base._raw_item(w.index)  # boxes already in the decoded pixels
         h, wd = pixels.shape[:2]
+        x0, y0, x1, y1 = w.box
         if (wd, h) != (info["width"], info["height"]):  # the file disagrees with the JSON: windows are JSON pixels
             sx, sy = wd / info["width"], h / info["height"]
-            x0, y0, x1, y1 = w.box
-            box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
-            boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
-        else:
-            box = w.box
-        x0, y0, x1, y1 = box
+            x0, y0, x1, y1 = round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
+        box = (x0, y0, x1, y1)
         crop = np.ascontiguousarray(pixels[y0:y1, x0:x1])
         keep = visible_fraction(boxes, box) >= self.min_visibility if len(boxes) else np.zeros(0, dtype=bool)
         local = boxes[keep] - np.array([x0, y0, x0, y0], dtype=np.float32)
         local[:, 0::2] = local[:, 0::2].clip(0, x1 - x0)
         local[:, 1::2] = local[:, 1::2].clip(0, y1 - y0)
-        image, boxes_t, labels_t, _ = base._apply_transforms(crop, local, labels[keep])
+        # No mixing partners (data.augment.mosaic / copy-paste): they would be whole images, not windows.
+        image, boxes_t, labels_t, _ = base._apply_transforms(crop, local, labels[keep], [])
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes_t, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.as_tensor(np.asarray(labels_t, dtype=np.int64)).reshape(-1),

@@ -60,6 +60,12 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     if tile.size:
         from birddet.data.tiled import TiledCocoDetection
 
+        if aug.mosaic or aug.copy_paste:
+            raise InputError(
+                "data.tile cannot be combined with data.augment.mosaic or copy_paste yet (their partner images would "
+                "be whole images, not windows); set those to 0 for tiled training"
+            )
+
         train_ds = TiledCocoDetection(
             train_ds,
             size=tile.size,
