@@ -1,4 +1,4 @@
-"""`birddet <command>`: train, eval, score, predict, synth.
+"""`birddet <command>`: train, eval, score, predict, synth, check, convert, split, stats.
 
 The CLI only parses arguments and calls library functions; `tools/*.py` are thin wrappers over `main`.
 Exit codes: 0 success, 2 bad input (one line on stderr saying what, where and how to fix), 1 anything else.
@@ -350,12 +350,40 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate a COCO split as training does; list every problem",
+        description="The validation birddet train runs on its splits, as a report. Exit 2 when something is fatal.",
+    )
+    p.add_argument("coco", help="COCO JSON")
+    p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")
+    p.add_argument(
+        "--role",
+        choices=["train", "val"],
+        default="val",
+        help="val (default, the strictest): boxes that would be dropped are fatal; train: they are warnings",
+    )
+    p.add_argument("--no-headers", action="store_true", help="skip opening every image header (size, readability)")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from birddet.data.check import check_split
+
+    check = check_split(args.coco, args.images, role=args.role, read_headers=not args.no_headers)
+    print(check.format())
+    if not check.ok:
+        raise InputError(f"{args.coco}: {len(check.errors)} fatal problem(s), listed above as FATAL")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birddet", description="Find birds in images and name their species.")
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth):
+    for add in (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check):
         add(sub)
     return parser
 
