@@ -378,12 +378,96 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="turn VOC, YOLO, CSV or predictions into COCO JSON for training")
+    fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    voc = fmt.add_parser("voc", help="Pascal VOC XML files (searched recursively)")
+    voc.add_argument("src", help="folder of .xml files (or one file)")
+    voc.add_argument("--out", required=True, help="output COCO JSON")
+    voc.add_argument("--images", default=None, help="image root (default: the XML folder; images beside the XML)")
+    voc.add_argument("--zero-based", action="store_true", help="coordinates are 0-based, not the VOC devkit's 1-based")
+    yolo = fmt.add_parser("yolo", help="YOLO txt dataset (Ultralytics or Roboflow layout)")
+    yolo.add_argument("src", help="data.yaml or the folder holding it")
+    yolo.add_argument("--out", required=True, help="output folder: one <split>.json per split")
+    table = fmt.add_parser("csv", help="box table image_path,xmin,ymin,xmax,ymax,label (DeepForest)")
+    table.add_argument("src", help="CSV file with a header row")
+    table.add_argument("--images", required=True, help="image root the image_path column is relative to")
+    table.add_argument("--out", required=True, help="output COCO JSON")
+    table.add_argument("--columns", default=None, help="other column names, e.g. image_path=file,label=species")
+    pred = fmt.add_parser("predictions", help="birddet predict output -> pseudo-labels (optionally merged into GT)")
+    pred.add_argument("src", help="birddet predict output folder, or its coco.json")
+    pred.add_argument("--min-score", type=float, required=True, help="keep detections with at least this score")
+    pred.add_argument("--out", required=True, help="output COCO JSON")
+    pred.add_argument("--merge", default=None, help="ground-truth COCO JSON to add the pseudo-labels to")
+    pred.add_argument("--images", default=None, help="image root to record (default: the ground truth's)")
+    pred.add_argument("--iou", type=float, default=0.5, help="a pseudo-box overlapping GT this much is dropped")
+    for parser in (voc, table):
+        parser.add_argument("--classes", default=None, help="comma list fixing category ids 1..K in this order")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if getattr(args, "classes", None) else None
+    if args.format == "voc":
+        from birddet.data.formats.voc import convert_voc
+
+        print(convert_voc(args.src, args.out, args.images, classes=classes, zero_based=args.zero_based).summary())
+    elif args.format == "yolo":
+        from birddet.data.formats.yolo import convert_yolo
+
+        for result in convert_yolo(args.src, args.out).values():
+            print(result.summary())
+    elif args.format == "csv":
+        from birddet.data.formats.csv import convert_csv, parse_columns
+
+        columns = parse_columns(args.columns)
+        print(convert_csv(args.src, args.images, args.out, columns=columns, classes=classes).summary())
+    else:
+        from birddet.data.formats.predictions import convert_predictions
+
+        r = convert_predictions(
+            args.src, args.out, min_score=args.min_score, merge=args.merge, images=args.images, iou=args.iou
+        )
+        print(
+            f"{r['out']}: {r['kept']} pseudo-label(s) kept, {r['below_score']} below --min-score, "
+            f"{r['overlap_gt']} overlapping ground truth, {r['new_images']} new image(s)"
+        )
+        print(f"image root: {r['image_root']}" if r["image_root"] else "image root: not known (pass --images)")
+    return 0
+
+
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="split a COCO file into train/val(/test): stratified, grouped, seeded")
+    p.add_argument("coco", help="COCO JSON")
+    p.add_argument("--val", type=float, required=True, help="fraction of images for val, e.g. 0.2")
+    p.add_argument("--test", type=float, default=0.0, help="fraction of images for test (default none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for train.json, val.json (and test.json)")
+    p.add_argument(
+        "--group-by",
+        default=None,
+        metavar="REGEX",
+        help="keep images whose file_name gives the same match (1st group) in one split, e.g. '^(cam\\d+)/'",
+    )
+    p.set_defaults(func=_run_split)
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from birddet.data.split import split_coco
+
+    result = split_coco(args.coco, args.out, val=args.val, test=args.test, seed=args.seed, group_by=args.group_by)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birddet", description="Find birds in images and name their species.")
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check):
+    for add in (
+        _add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check, _add_convert, _add_split
+    ):  # fmt: skip
         add(sub)
     return parser
 

@@ -363,7 +363,7 @@ def _validate_annotations(
         if unique.get(ann["id"]) is not ann:  # a duplicate id: already an error, do not count its box twice
             continue
         img = images[ann["image_id"]]
-        box = _check_box(ann, img["width"], img["height"], report)
+        box = check_box(ann, img["width"], img["height"], report)
         if box is None:
             continue
         ann["bbox"] = box
@@ -399,7 +399,7 @@ def _annotation_structure_problems(n: int, ann: Any, images: dict[int, Any], cat
     return out
 
 
-def _check_box(ann: dict[str, Any], width: int, height: int, report: ValidationReport) -> list[float] | None:
+def check_box(ann: dict[str, Any], width: int, height: int, report: ValidationReport) -> list[float] | None:
     """Return the (possibly clipped) COCO bbox, or None after recording why it was dropped.
 
     `None` inside a bbox is how Python's json reads a NaN written by some tools as null, so it counts as NaN.
