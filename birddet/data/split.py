@@ -6,7 +6,8 @@
   does not match are their own group and are counted in the result.
 - **Stratified.** Groups are assigned greedily, rarest class first (the idea of iterative stratification, Sechidis
   et al., ECML 2011): each group goes to the split that most lacks the group's rarest class relative to its target
-  share, ties broken by the split that most lacks images. Images without boxes are a class of their own ("negative"),
+  share, ties broken by the split that most lacks images. Classes are counted in images that contain them (not boxes),
+  so one frame with a flock does not pull the image counts off target. Images without boxes are a class of their own ("negative"),
   so negatives are spread too.
 - **Deterministic.** The order of equally rare groups comes from `random.Random(seed)`: the same file and seed give
   the same split on any machine.
@@ -84,8 +85,8 @@ def split_dataset(
     group_labels = {}
     for key, ids in groups.items():
         counts: Counter[str] = Counter()
-        for i in ids:
-            counts.update(labels[i] or Counter({NEGATIVE: 1}))
+        for i in ids:  # images per class, not boxes: a flock in one frame is still one example of its class
+            counts.update(set(labels[i]) or {NEGATIVE})
         group_labels[key] = counts
     total = Counter()
     for counts in group_labels.values():
