@@ -460,13 +460,34 @@ def _run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="counts, size histograms, a gallery and suggested image/anchor sizes")
+    p.add_argument("coco", help="COCO JSON")
+    p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")
+    p.add_argument("--out", required=True, help="folder for stats.json, histograms.png, gallery.png")
+    p.add_argument("--gallery", type=int, default=16, help="images in gallery.png (0: none, no image is read)")
+    p.add_argument("--seed", type=int, default=0, help="which images the gallery samples")
+    p.add_argument("--levels", type=int, default=None, help="pyramid levels to suggest anchors for (default: 5)")
+    p.set_defaults(func=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from birddet.data.stats import format_stats, write_stats
+
+    stats = write_stats(args.coco, args.images, args.out, gallery=args.gallery, seed=args.seed, num_levels=args.levels)
+    print(format_stats(stats))
+    print(f"written to {args.out}: stats.json, histograms.png" + (", gallery.png" if args.gallery > 0 else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birddet", description="Find birds in images and name their species.")
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
-        _add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check, _add_convert, _add_split
+    for add in (
+        _add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check, _add_convert, _add_split, _add_stats
     ):  # fmt: skip
         add(sub)
     return parser

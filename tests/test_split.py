@@ -21,7 +21,9 @@ def _dataset(seed: int = 0, cameras: int = 12, per_camera: int = 10) -> dict:
     for cam in range(cameras):
         for frame in range(per_camera):
             iid = len(images) + 1
-            images.append({"id": iid, "file_name": f"site{cam % 3}/cam{cam:02d}/f{frame:03d}.jpg", "width": 64, "height": 48})
+            images.append(
+                {"id": iid, "file_name": f"site{cam % 3}/cam{cam:02d}/f{frame:03d}.jpg", "width": 64, "height": 48}
+            )
             if rng.random() < 0.2:
                 continue  # negative
             name = "heron" if rng.random() < 0.06 else species[cam % 3]
@@ -54,7 +56,10 @@ def test_split_is_disjoint_complete_and_stratified():
     for split, f in fr.items():
         assert abs(len(parts[split]) - f * n) <= 3, (split, len(parts[split]))
     total = Counter(a["category_id"] for a in data["annotations"])
-    boxes = {s: Counter(a["category_id"] for a in data["annotations"] if a["image_id"] in set(ids)) for s, ids in parts.items()}
+    boxes = {
+        s: Counter(a["category_id"] for a in data["annotations"] if a["image_id"] in set(ids))
+        for s, ids in parts.items()
+    }
     for cid in total:  # every class, the rare one included, lands in val close to its share
         assert boxes["val"][cid] > 0
         assert abs(boxes["val"][cid] / total[cid] - 0.2) < 0.12, (cid, boxes["val"][cid], total[cid])
@@ -99,7 +104,18 @@ def test_tiny_set_still_fills_every_split():
 def test_split_command_writes_files_keeping_categories_and_image_root(tmp_path: Path, capsys):
     data = _dataset()
     (tmp_path / "all.json").write_text(json.dumps(data))
-    argv = ["split", str(tmp_path / "all.json"), "--val", "0.2", "--test", "0.1", "--seed", "1", "--out", str(tmp_path / "s")]
+    argv = [
+        "split",
+        str(tmp_path / "all.json"),
+        "--val",
+        "0.2",
+        "--test",
+        "0.1",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "image root: /data/x" in out and "val:" in out
