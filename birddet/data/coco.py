@@ -190,7 +190,7 @@ class ValidationReport:
 
 def fatal_message(errors: list[str]) -> str:
     """All fatal problems in one message (the CLI prints it on one line)."""
-    return f"{len(errors)} problem(s) to fix before training: " + " | ".join(errors)
+    return f"{len(errors)} problem(s) to fix: " + " | ".join(errors)
 
 
 def first_ids(ids: list[Any]) -> str:

@@ -174,7 +174,8 @@ def split_coco(
             "images": [img for img in data["images"] if img["id"] in keep],
             "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
         }
-        part["info"] = {**data.get("info", {}), "split": split, "split_seed": seed, "split_of": str(coco)}
+        info = data.get("info") if isinstance(data.get("info"), dict) else {}
+        part["info"] = {**info, "split": split, "split_seed": seed, "split_of": str(coco)}
         files[split] = atomic_write_json(Path(out_dir) / f"{split}.json", part, indent=1)
         counts[split] = len(part["images"])
         c = Counter(names[a["category_id"]] for a in part["annotations"] if not a.get("iscrowd"))
@@ -185,5 +186,5 @@ def split_coco(
         boxes_per_class=per_class,
         num_groups=num_groups,
         unmatched=unmatched,
-        image_root=data.get("info", {}).get("image_root"),
+        image_root=(data.get("info") or {}).get("image_root") if isinstance(data.get("info"), dict) else None,
     )

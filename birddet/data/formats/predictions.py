@@ -7,7 +7,7 @@ them (`birddet stats` gallery), train again. Rules:
   annotations; the prediction-only fields (`score`, species, roll-up) are dropped, the score is kept as
   `pseudo_score` so a later filter can still see it.
 - With `merge`, images and categories are matched **by name**: an image by its `file_name` (exactly, else by its
-  base name when that is unique on both sides), a category by its `name`. Predictions on images that the ground
+  base name when exactly one ground-truth image has it), a category by its `name`. Predictions on images that the ground
   truth does not have are added as new images; categories the ground truth lacks are added with new ids.
 - Ground truth wins: a pseudo-box of the same category that overlaps a ground-truth box with IoU >= `iou` (0.5) is
   dropped, since the person who labelled the image already decided about that bird. Ground-truth annotations are
