@@ -1,11 +1,14 @@
 """Bring your own data, measured: raw VOC / YOLO / CSV -> convert -> split -> check -> train -> eval, per format.
 
-    python benchmarks/byod.py [--images 300] [--epochs 4] [--formats voc,yolo,csv] [--keep DIR] [KEY=VALUE ...]
+    python benchmarks/byod.py [--images 300] [--epochs 4] [--preset square|realistic|dense] [--no-train]
+                              [--formats voc,yolo,csv] [--keep DIR] [KEY=VALUE ...]
 
 Generates the synthetic bird set (one pool of images, as a user's unsplit data would be), writes it out as Pascal
 VOC XML, a Roboflow-layout YOLO folder and a DeepForest CSV (with the library's own writers), then runs the four
 README commands through the real CLI in subprocesses, one format after the other, and prints each step's wall time
-and the AP50 of the run (`metrics.json`) and of `birddet eval RUN/best.pt`. Timings depend on the machine's load:
+and the AP50 of the run (`metrics.json`) and of `birddet eval RUN/best.pt`. `max_box_err` is the largest
+difference (px) between a converted box and the generator's own COCO box, after matching images by file name: the
+converters' accuracy on that data (with `--preset realistic`, on 16:9, portrait and EXIF-rotated JPEGs). Timings depend on the machine's load:
 report `uptime` with the numbers.
 """
 
@@ -41,9 +44,9 @@ def birddet(*argv: str) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def make_raw_data(root: Path, num_images: int, seed: int) -> Path:
-    """The synthetic set as one unsplit pool, written in each raw format; returns the image folder."""
-    paths = make_synthetic_coco(root / "synth", num_train=num_images, num_val=0, seed=seed)
+def make_raw_data(root: Path, num_images: int, seed: int, preset: str) -> tuple[Path, dict]:
+    """The synthetic set as one unsplit pool, written in each raw format; returns the image folder and its COCO."""
+    paths = make_synthetic_coco(root / "synth", num_train=num_images, num_val=0, seed=seed, preset=preset)
     coco = json.loads(paths["train"].read_text())
     images = paths["images"]
     write_voc(coco, root / "voc")  # XML only; images stay in their own folder (--images)
@@ -51,14 +54,34 @@ def make_raw_data(root: Path, num_images: int, seed: int) -> Path:
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     (root / "yolo" / "data.yaml").write_text(yaml.safe_dump({"train": "../train/images", "names": names}))
     write_csv(coco, root / "birds.csv")
-    return images
+    return images, coco
+
+
+def max_box_error(truth: dict, converted: dict) -> float:
+    """Largest |coordinate difference| between matched boxes (images by base name, boxes sorted); inf if unmatched."""
+
+    def boxes(data: dict) -> dict[str, list[list[float]]]:
+        out: dict[str, list[list[float]]] = {}
+        names = {img["id"]: Path(img["file_name"]).name.split("__")[-1] for img in data["images"]}
+        for name in names.values():
+            out[name] = []
+        for a in data["annotations"]:
+            out[names[a["image_id"]]].append(a["bbox"])
+        return {k: sorted(v) for k, v in out.items()}
+
+    a, b = boxes(truth), boxes(converted)
+    if a.keys() != b.keys() or any(len(a[k]) != len(b[k]) for k in a):
+        return float("inf")
+    return max((abs(x - y) for k in a for p, q in zip(a[k], b[k]) for x, y in zip(p, q)), default=0.0)
 
 
 def image_root_from(stdout: str) -> str:
     return next(line.split("image root: ", 1)[1].split()[0] for line in stdout.splitlines() if "image root: " in line)
 
 
-def run_format(fmt: str, root: Path, images: Path, config: str, overrides: list[str]) -> dict[str, float | str]:
+def run_format(
+    fmt: str, root: Path, images: Path, truth: dict, config: str, overrides: list[str], train: bool
+) -> dict[str, float | str]:
     work = root / fmt
     t: dict[str, float | str] = {"format": fmt}
     if fmt == "voc":
@@ -75,9 +98,14 @@ def run_format(fmt: str, root: Path, images: Path, config: str, overrides: list[
         )
         coco = work / "all.json"
     image_root = image_root_from(out)
+    t["max_box_err"] = max_box_error(truth, json.loads(coco.read_text()))
     t["split_s"], _ = birddet("split", str(coco), "--val", "0.2", "--seed", "0", "--out", str(work / "split"))
     train_json, val_json = work / "split" / "train.json", work / "split" / "val.json"
     t["check_s"], _ = birddet("check", str(val_json), "--images", image_root)
+    t["train_images"] = len(json.loads(train_json.read_text())["images"])
+    t["val_images"] = len(json.loads(val_json.read_text())["images"])
+    if not train:
+        return t
     run = work / "run"
     t["train_s"], _ = birddet(
         "train", config, f"data.train.ann={train_json}", f"data.train.images={image_root}",
@@ -87,8 +115,6 @@ def run_format(fmt: str, root: Path, images: Path, config: str, overrides: list[
     t["eval_s"], _ = birddet("eval", str(run / "best.pt"), "--ann", str(val_json), "--images", image_root,
                              "--out", str(work / "eval"), "--no-plots")  # fmt: skip
     t["eval_AP50"] = json.loads((work / "eval" / "metrics.json").read_text())["stats"]["AP50"]
-    t["train_images"] = len(json.loads(train_json.read_text())["images"])
-    t["val_images"] = len(json.loads(val_json.read_text())["images"])
     return t
 
 
@@ -97,6 +123,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="square", help="birddet synth preset (square, realistic, dense)")
+    p.add_argument("--no-train", action="store_true", help="stop after convert, split and check")
     p.add_argument("--formats", default="voc,yolo,csv")
     p.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     p.add_argument("--keep", default=None, help="work here instead of a temporary folder")
@@ -107,19 +135,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="birddet-byod-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
         start = time.perf_counter()
-        images = make_raw_data(root, args.images, args.seed)
+        images, truth = make_raw_data(root, args.images, args.seed, args.preset)
         print(f"generated and wrote VOC/YOLO/CSV in {time.perf_counter() - start:.1f} s", flush=True)
         rows = []
         for fmt in args.formats.split(","):
-            row = run_format(fmt, root, images, args.config, [f"train.epochs={args.epochs}", *args.overrides])
+            overrides = [f"train.epochs={args.epochs}", *args.overrides]
+            row = run_format(fmt, root, images, truth, args.config, overrides, not args.no_train)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    cols = ["format", "train_images", "val_images", "convert_s", "split_s", "check_s", "train_s", "eval_s",
-            "run_AP50", "eval_AP50"]  # fmt: skip
+    cols = ["format", "train_images", "val_images", "max_box_err", "convert_s", "split_s", "check_s", "train_s",
+            "eval_s", "run_AP50", "eval_AP50"]  # fmt: skip
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cells = [r.get(c, "-") for c in cols]
+        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load {load:.2f} at end")
 
