@@ -61,7 +61,7 @@ class SplitCheck:
         """A multi-line report: counts, then every fatal problem, then every warning."""
         r = self.report
         lines = [
-            f"{self.ann_file} ({self.role} split, images under {self.image_root})",
+            f"{self.ann_file} (checked as a {self.role} split; images under {self.image_root})",
             f"  {r.num_images} images ({r.num_negative_images} without boxes), {r.num_annotations} usable annotations "
             f"({r.num_crowd} crowd), {r.num_dropped} dropped, {len(r.clipped)} clipped",
         ]

@@ -244,9 +244,10 @@ def _gallery(data: dict[str, Any], root: Path, path: Path, count: int, seed: int
         return
     cols = math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / cols)
-    sheet = Image.new("RGB", (cols * thumb, rows * thumb), (255, 255, 255))
+    cell = thumb + 8  # a white gap between tiles
+    sheet = Image.new("RGB", (cols * cell, rows * cell), (255, 255, 255))
     for k, tile in enumerate(tiles):
-        x, y = (k % cols) * thumb, (k // cols) * thumb
-        sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
+        x, y = (k % cols) * cell, (k // cols) * cell
+        sheet.paste(tile, (x + (cell - tile.width) // 2, y + (cell - tile.height) // 2))
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
