@@ -6,7 +6,8 @@
   does not match are their own group and are counted in the result.
 - **Stratified.** Groups are assigned greedily, rarest class first (the idea of iterative stratification, Sechidis
   et al., ECML 2011): each group goes to the split that most lacks the group's rarest class relative to its target
-  share, ties broken by the split that most lacks images. Classes are counted in images that contain them (not boxes),
+  share, ties broken by the split that most lacks images. A split that already holds its share of images takes
+  no more while another has room, so the image counts stay on target too. Classes are counted in images that contain them (not boxes),
   so one frame with a flock does not pull the image counts off target. Images without boxes are a class of their own ("negative"),
   so negatives are spread too.
 - **Deterministic.** The order of equally rare groups comes from `random.Random(seed)`: the same file and seed give
@@ -18,6 +19,7 @@ and the input's `info`, with `image_root` if the input recorded one.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -110,7 +112,10 @@ def split_dataset(
                 fractions[s] * num_images - have_images[s],
             )
 
-        best = max((s for s in fractions if fractions[s] > 0), key=need)
+        # splits that still have room for the whole group; when none has, any split (a big group must go somewhere)
+        open_ = [s for s in fractions if fractions[s] > 0]
+        room = [s for s in open_ if have_images[s] + len(groups[key]) <= math.ceil(fractions[s] * num_images)]
+        best = max(room or open_, key=need)
         assigned[best] += groups[key]
         have[best].update(group_labels[key])
         have_images[best] += len(groups[key])
