@@ -157,7 +157,9 @@ def test_yolo_ultralytics_layout_with_path_and_dict_names(tmp_path):
     root = tmp_path / "datasets" / "birds"
     _img(root / "images" / "train" / "a.png", (64, 128))
     _img(root / "images" / "val" / "b.png", (128, 64))
+    _img(root / "images" / "train" / "rot.jpg", (120, 60), orientation=8)  # stored 120x60, displayed 60x120
     (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "rot.txt").write_text("0 0.5 0.25 0.5 0.1\n")  # normalised to the displayed image
     (root / "labels" / "train" / "a.txt").write_text("0 0.25 0.25 0.5 0.25\n")
     cfg = tmp_path / "cfg"
     cfg.mkdir()
@@ -170,6 +172,9 @@ def test_yolo_ultralytics_layout_with_path_and_dict_names(tmp_path):
     train = json.loads((tmp_path / "out" / "train.json").read_text())
     assert train["info"]["image_root"] == str(root.absolute()) or Path(train["info"]["image_root"]).resolve() == root
     assert _by_file(train)["images/train/a.png"] == [("kite", [0.0, 16.0, 32.0, 32.0], 0)]
+    rot = next(img for img in train["images"] if img["file_name"] == "images/train/rot.jpg")
+    assert (rot["width"], rot["height"]) == (60, 120)
+    assert _by_file(train)["images/train/rot.jpg"] == [("kite", [15.0, 24.0, 30.0, 12.0], 0)]
     assert results["val"].num_images == 1 and results["val"].num_negative == 1
 
 
