@@ -54,6 +54,10 @@ def test_training_validation_lists_every_problem_of_both_splits_in_one_error(tmp
         {"id": 2, "file_name": "../escape.png", "width": 64, "height": 96},
     ]
     val = _write_split(tmp_path, "val", [_ann(11, [500, 500, 10, 10]), _ann(12, [1, 1, 5, 5], image_id=2)], val_images)
+    data = json.loads(val.read_text())
+    data["categories"].append({"id": 8, "name": "wren"})
+    data["annotations"].append(_ann(13, [1, 1, 5, 5], category_id=8))
+    val.write_text(json.dumps(data))
     img = str(tmp_path / "img")
     with pytest.raises(InputError) as e:
         check_training_splits((str(train), img), (str(val), img))
@@ -62,6 +66,7 @@ def test_training_validation_lists_every_problem_of_both_splits_in_one_error(tmp
     assert "not found" in msg and "train2.png" in msg  # train: missing file
     assert "escapes the image root" in msg and "2: '../escape.png'" in msg  # val: path escaping the root
     assert "far outside" in msg and "annotation ids [11]" in msg  # val: bad box
+    assert "label map" in msg and "category_id 8 in annotation ids [13]" in msg  # val: category train lacks
 
 
 def test_val_category_missing_from_train_is_fatal(tmp_path):

@@ -174,8 +174,12 @@ def check_training_splits(
     """
     cmap = CategoryMap.from_dict(categories) if categories else None
     train_check = check_split(*train, role="train", category_map=cmap)
-    if cmap is None and not train_check.errors:
-        cmap = CategoryMap.from_categories(train_check.data["categories"])
+    if cmap is None:  # the training file's usable categories, even when it has other problems
+        cats = [c for c in train_check.data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)]
+        try:
+            cmap = CategoryMap.from_categories(cats) if cats else None
+        except InputError:  # duplicate ids: already one of the training file's errors
+            cmap = None
     val_check = check_split(*val, role="val", category_map=cmap, read_headers=True)
     errors = train_check.errors + val_check.errors
     for split, check in (("train", train_check), ("val", val_check)):
