@@ -485,10 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (
-    for add in (
-        _add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth, _add_check, _add_convert, _add_split, _add_stats
-    ):  # fmt: skip
+    commands = (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_synth)
+    data_commands = (_add_check, _add_convert, _add_split, _add_stats)
+    for add in (*commands, *data_commands):
         add(sub)
     return parser
 
