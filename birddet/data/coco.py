@@ -36,7 +36,15 @@ from birddet.data.images import ImageLoadError, load_image
 from birddet.data.transforms import to_tensor
 from birddet.errors import InputError
 
-__all__ = ["CategoryMap", "CocoDetection", "ValidationReport", "load_coco_dataset"]
+__all__ = [
+    "CategoryMap",
+    "CocoDetection",
+    "ValidationReport",
+    "escapes_root",
+    "first_ids",
+    "load_coco_dataset",
+    "validate_coco_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +130,20 @@ class CategoryMap:
 
 @dataclass
 class ValidationReport:
-    """What load-time validation repaired or dropped; one entry per kind of problem with a count and the first ids."""
+    """Everything load-time validation found in one file: fatal problems (`errors`) and repaired/dropped boxes.
+
+    Validation never stops at the first problem: a user fixing a file wants the whole list at once. `errors` holds one
+    line per kind of structural problem (with the first ids); box repairs are lists of annotation ids. Whether a
+    dropped box is fatal depends on the split: training drops it and goes on, while a validation split must be scored
+    exactly as written (see `birddet.data.check`).
+    """
 
     ann_file: str = ""
     num_images: int = 0
     num_annotations: int = 0
     num_negative_images: int = 0
     num_crowd: int = 0
+    errors: list[str] = field(default_factory=list)
     clipped: list[int] = field(default_factory=list)
     dropped_nonfinite: list[int] = field(default_factory=list)
     dropped_nonpositive: list[int] = field(default_factory=list)
@@ -138,18 +153,23 @@ class ValidationReport:
     def warnings(self) -> list[str]:
         """One human-readable line per kind of dropped or repaired box (empty when the file was clean)."""
         out = []
-        for ids, what in (
+        for ids, what in self.box_problems():
+            out.append(f"{self.ann_file}: {len(ids)} annotation(s) {what}; annotation ids {first_ids(ids)}")
+        if self.clipped:
+            out.append(
+                f"{self.ann_file}: {len(self.clipped)} annotation(s) clipped: bbox slightly outside its image "
+                f"(<= {CLIP_TOLERANCE_PX:g} px or {CLIP_TOLERANCE_FRAC:.0%}); annotation ids {first_ids(self.clipped)}"
+            )
+        return out
+
+    def box_problems(self) -> list[tuple[list[int], str]]:
+        """(annotation ids, what) for each kind of dropped box that occurred."""
+        kinds = (
             (self.dropped_nonfinite, "dropped: NaN or infinite bbox values"),
             (self.dropped_nonpositive, "dropped: bbox width or height <= 0"),
             (self.dropped_far_outside, "dropped: bbox far outside its image (wrong image size or coordinates?)"),
-            (
-                self.clipped,
-                f"clipped: bbox slightly outside its image (<= {CLIP_TOLERANCE_PX:g} px or {CLIP_TOLERANCE_FRAC:.0%})",
-            ),
-        ):
-            if ids:
-                out.append(f"{self.ann_file}: {len(ids)} annotation(s) {what}; annotation ids {_first_ids(ids)}")
-        return out
+        )
+        return [(ids, what) for ids, what in kinds if ids]
 
     @property
     def num_dropped(self) -> int:
@@ -163,8 +183,17 @@ class ValidationReport:
         )
         return "\n".join([head, *self.warnings])
 
+    def raise_if_fatal(self) -> None:
+        if self.errors:
+            raise InputError(fatal_message(self.errors))
 
-def _first_ids(ids: list[Any]) -> str:
+
+def fatal_message(errors: list[str]) -> str:
+    """All fatal problems in one message (the CLI prints it on one line)."""
+    return f"{len(errors)} problem(s) to fix: " + " | ".join(errors)
+
+
+def first_ids(ids: list[Any]) -> str:
     shown = ", ".join(str(i) for i in ids[:MAX_IDS_SHOWN])
     more = len(ids) - MAX_IDS_SHOWN
     return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
@@ -177,33 +206,46 @@ def _first_ids(ids: list[Any]) -> str:
 def load_coco_dataset(
     ann_file: str | os.PathLike[str], image_root: str | os.PathLike[str], *, check_files: bool = True
 ) -> tuple[dict[str, Any], ValidationReport]:
-    """Read and validate a COCO detection file.
+    """Read and validate a COCO detection file, raising `InputError` listing every structural problem.
 
     Returns the parsed dataset (the original dict; each kept annotation gets a `bbox` clipped to its image; dropped
-    annotations are removed from `annotations`) and a report of what was repaired or dropped. Raises `InputError`
-    for structural problems, naming the file and the ids involved.
+    annotations are removed from `annotations`) and a report of what was repaired or dropped.
+    """
+    data, report = validate_coco_file(ann_file, image_root, check_files=check_files)
+    report.raise_if_fatal()
+    for line in report.warnings:
+        log.warning(line)
+    return data, report
+
+
+def validate_coco_file(
+    ann_file: str | os.PathLike[str], image_root: str | os.PathLike[str], *, check_files: bool = True
+) -> tuple[dict[str, Any], ValidationReport]:
+    """Like `load_coco_dataset` but never raises for problems inside the file: they are all in `report.errors`.
+
+    An unreadable file (missing, not JSON, not an object) still raises, since nothing else can be checked.
     """
     ann_file = Path(ann_file)
     data = _read_json(ann_file)
     where = str(ann_file)
+    report = ValidationReport(ann_file=where)
     for key in ("images", "annotations", "categories"):
         if key not in data:
             hint = ' (use "annotations": [] for a set without boxes)' if key == "annotations" else ""
-            raise InputError(f"{where}: missing top-level key {key!r}{hint}")
-        if not isinstance(data[key], list):
-            raise InputError(f"{where}: {key!r} must be a list, got {type(data[key]).__name__}")
+            report.errors.append(f"{where}: missing top-level key {key!r}{hint}")
+            data[key] = []
+        elif not isinstance(data[key], list):
+            report.errors.append(f"{where}: {key!r} must be a list, got {type(data[key]).__name__}")
+            data[key] = []
 
-    images = _validate_images(where, data["images"])
-    categories = _validate_categories(where, data["categories"])
-    report = ValidationReport(ann_file=where, num_images=len(images))
+    images = _validate_images(where, data["images"], report.errors)
+    categories = _validate_categories(where, data["categories"], report.errors)
+    report.num_images = len(images)
     data["annotations"] = _validate_annotations(where, data["annotations"], images, categories, report)
     report.num_annotations = len(data["annotations"])
     with_boxes = {a["image_id"] for a in data["annotations"] if not a.get("iscrowd", 0)}
     report.num_negative_images = sum(1 for i in images if i not in with_boxes)
-
-    _check_file_names(where, Path(image_root), data["images"], check_files)
-    for line in report.warnings:
-        log.warning(line)
+    _check_file_names(where, Path(image_root), list(images.values()), check_files, report.errors)
     return data, report
 
 
@@ -232,47 +274,54 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _raise_if(where: str, problems: list[str], what: str) -> None:
+def _collect(where: str, problems: list[str], what: str, errors: list[str]) -> None:
     if problems:
         more = f" (and {len(problems) - MAX_IDS_SHOWN} more)" if len(problems) > MAX_IDS_SHOWN else ""
-        raise InputError(f"{where}: {what}: " + "; ".join(problems[:MAX_IDS_SHOWN]) + more)
+        errors.append(f"{where}: {what}: " + "; ".join(problems[:MAX_IDS_SHOWN]) + more)
 
 
-def _check_unique_ids(where: str, items: list[dict[str, Any]], kind: str) -> None:
-    seen: set[int] = set()
+def _unique_by_id(where: str, items: list[dict[str, Any]], kind: str, errors: list[str]) -> dict[int, dict[str, Any]]:
+    """id -> record for records with an integer id; duplicates are an error (the first record is kept)."""
+    out: dict[int, dict[str, Any]] = {}
     dups = []
     for it in items:
-        if it["id"] in seen:
+        if not isinstance(it, dict) or not _is_int(it.get("id")):
+            continue
+        if it["id"] in out:
             dups.append(it["id"])
-        seen.add(it["id"])
+        else:
+            out[it["id"]] = it
     if dups:
-        raise InputError(
-            f"{where}: duplicate {kind} ids {_first_ids(sorted(set(dups)))}; every {kind} id must be unique"
-        )
+        errors.append(f"{where}: duplicate {kind} ids {first_ids(sorted(set(dups)))}; every {kind} id must be unique")
+    return out
 
 
-def _validate_images(where: str, images: list[Any]) -> dict[int, dict[str, Any]]:
-    """Check each image record's keys and types; returns image id -> record."""
+def _validate_images(where: str, images: list[Any], errors: list[str]) -> dict[int, dict[str, Any]]:
+    """Check each image record's keys and types; returns image id -> record for the usable ones."""
     problems = []
+    usable = []
     for n, img in enumerate(images):
         if not isinstance(img, dict):
             problems.append(f"images[{n}] is not an object")
             continue
         tag = f"image id {img.get('id')!r} (images[{n}])"
+        bad = []
         if not _is_int(img.get("id")):
-            problems.append(f"{tag}: 'id' must be an integer")
+            bad.append(f"{tag}: 'id' must be an integer")
         if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
-            problems.append(f"{tag}: 'file_name' must be a non-empty string")
+            bad.append(f"{tag}: 'file_name' must be a non-empty string")
         for key in ("width", "height"):
             v = img.get(key)
             if not _is_int(v) or v <= 0:
-                problems.append(f"{tag}: {key!r} must be a positive integer, got {v!r}")
-    _raise_if(where, problems, "invalid image records")
-    _check_unique_ids(where, images, "image")
-    return {img["id"]: img for img in images}
+                bad.append(f"{tag}: {key!r} must be a positive integer, got {v!r}")
+        problems.extend(bad)
+        if not bad:
+            usable.append(img)
+    _collect(where, problems, "invalid image records", errors)
+    return _unique_by_id(where, usable, "image", errors)
 
 
-def _validate_categories(where: str, categories: list[Any]) -> dict[int, dict[str, Any]]:
+def _validate_categories(where: str, categories: list[Any], errors: list[str]) -> dict[int, dict[str, Any]]:
     problems = []
     for n, cat in enumerate(categories):
         if not isinstance(cat, dict):
@@ -282,11 +331,10 @@ def _validate_categories(where: str, categories: list[Any]) -> dict[int, dict[st
             problems.append(f"categories[{n}]: 'id' must be an integer, got {cat.get('id')!r}")
         if not isinstance(cat.get("name"), str):
             problems.append(f"categories[{n}] (id {cat.get('id')!r}): 'name' must be a string")
-    _raise_if(where, problems, "invalid category records")
+    _collect(where, problems, "invalid category records", errors)
     if not categories:
-        raise InputError(f"{where}: 'categories' is empty; a detector needs at least one category")
-    _check_unique_ids(where, categories, "category")
-    return {cat["id"]: cat for cat in categories}
+        errors.append(f"{where}: 'categories' is empty; a detector needs at least one category")
+    return _unique_by_id(where, categories, "category", errors)
 
 
 def _validate_annotations(
@@ -296,17 +344,26 @@ def _validate_annotations(
     categories: dict[int, dict[str, Any]],
     report: ValidationReport,
 ) -> list[dict[str, Any]]:
-    """Check structure (raising) and box geometry (repairing/dropping into `report`); returns the kept annotations."""
+    """Check structure (into `report.errors`) and box geometry (repairing/dropping into `report`).
+
+    Returns the kept annotations: structurally sound ones whose box survived.
+    """
     problems = []
+    sound = []
     for n, ann in enumerate(annotations):
-        problems.extend(_annotation_structure_problems(n, ann, images, categories))
-    _raise_if(where, problems, "invalid annotations")
-    _check_unique_ids(where, annotations, "annotation")
+        found = _annotation_structure_problems(n, ann, images, categories)
+        problems.extend(found)
+        if not found:
+            sound.append(ann)
+    _collect(where, problems, "invalid annotations", report.errors)
+    unique = _unique_by_id(where, [a for a in annotations if isinstance(a, dict)], "annotation", report.errors)
 
     kept = []
-    for ann in annotations:
+    for ann in sound:
+        if unique.get(ann["id"]) is not ann:  # a duplicate id: already an error, do not count its box twice
+            continue
         img = images[ann["image_id"]]
-        box = _check_box(ann, img["width"], img["height"], report)
+        box = check_box(ann, img["width"], img["height"], report)
         if box is None:
             continue
         ann["bbox"] = box
@@ -342,7 +399,7 @@ def _annotation_structure_problems(n: int, ann: Any, images: dict[int, Any], cat
     return out
 
 
-def _check_box(ann: dict[str, Any], width: int, height: int, report: ValidationReport) -> list[float] | None:
+def check_box(ann: dict[str, Any], width: int, height: int, report: ValidationReport) -> list[float] | None:
     """Return the (possibly clipped) COCO bbox, or None after recording why it was dropped.
 
     `None` inside a bbox is how Python's json reads a NaN written by some tools as null, so it counts as NaN.
@@ -370,7 +427,7 @@ def _check_box(ann: dict[str, Any], width: int, height: int, report: ValidationR
     return [cx1, cy1, cx2 - cx1, cy2 - cy1]
 
 
-def _escapes_root(file_name: str) -> bool:
+def escapes_root(file_name: str) -> bool:
     """True for absolute paths (POSIX or Windows style) and for any `..` component."""
     if PurePosixPath(file_name).is_absolute() or PureWindowsPath(file_name).is_absolute():
         return True
@@ -380,22 +437,26 @@ def _escapes_root(file_name: str) -> bool:
     return ".." in parts
 
 
-def _check_file_names(where: str, root: Path, images: list[dict[str, Any]], check_files: bool) -> None:
+def _check_file_names(
+    where: str, root: Path, images: list[dict[str, Any]], check_files: bool, errors: list[str]
+) -> None:
     """Refuse names that leave `root`; optionally check that every image file exists."""
-    escaping = [f"{img['id']}: {img['file_name']!r}" for img in images if _escapes_root(img["file_name"])]
+    escaping = [f"{img['id']}: {img['file_name']!r}" for img in images if escapes_root(img["file_name"])]
     if escaping:
-        raise InputError(
+        errors.append(
             f"{where}: file_name escapes the image root {root} (absolute path or '..') for image ids "
-            f"{_first_ids(escaping)}; make file names relative to the image root"
+            f"{first_ids(escaping)}; make file names relative to the image root"
         )
     if not check_files:
         return
     if not root.is_dir():
-        raise InputError(f"{where}: image root {root} is not a directory")
-    missing = [f"{img['id']}: {img['file_name']}" for img in images if not (root / img["file_name"]).is_file()]
+        errors.append(f"{where}: image root {root} is not a directory; check --images / data.*.images")
+        return
+    inside = [img for img in images if not escapes_root(img["file_name"])]
+    missing = [f"{img['id']}: {img['file_name']}" for img in inside if not (root / img["file_name"]).is_file()]
     if missing:
-        raise InputError(
-            f"{where}: {len(missing)} image file(s) not found under {root}: {_first_ids(missing)}; "
+        errors.append(
+            f"{where}: {len(missing)} image file(s) not found under {root}: {first_ids(missing)}; "
             "check the image root (--images / data.*.images) or remove those images from the JSON"
         )
 
@@ -415,6 +476,9 @@ class CocoDetection(Dataset):
       - `target["scale"]`: `(sy, sx)` = transformed size / original size, present when the transform only resizes
         (no transform, or `build_eval_transforms`); divide predicted boxes by it to get original coordinates.
 
+    `validated` is `(data, report)` from a validation already run on `ann_file` (`birddet.data.check`), so the
+    trainer reads and checks each file once.
+
     `transforms(image_uint8_hwc, boxes_xyxy, labels) -> (image_tensor, boxes, labels)` (see `data.transforms`).
 
     Bad images at training time: a file that fails to decode is logged, recorded in `self.skipped`
@@ -432,12 +496,15 @@ class CocoDetection(Dataset):
         category_map: CategoryMap | None = None,
         check_files: bool = True,
         skip_bad_images: bool = True,
+        validated: tuple[dict[str, Any], ValidationReport] | None = None,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
-        self.coco, self.report = load_coco_dataset(self.ann_file, self.image_root, check_files=check_files)
+        if validated is None:
+            validated = load_coco_dataset(self.ann_file, self.image_root, check_files=check_files)
+        self.coco, self.report = validated
         self.category_map = category_map or CategoryMap.from_categories(self.coco["categories"])
         self._check_categories_mapped()
         self.images = {img["id"]: img for img in self.coco["images"]}

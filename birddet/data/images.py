@@ -31,7 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from birddet.errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageLoadError", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageLoadError", "image_size", "load_image"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,46 @@ def load_image(
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated"), SyntaxError or ValueError.
         raise ImageLoadError(f"{path}: corrupt or truncated image data ({e}); re-export or remove the file") from e
+
+
+#: EXIF orientations (5-8) that swap width and height when applied.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def image_size(path: str | os.PathLike[str], *, apply_exif: bool = True) -> tuple[int, int]:
+    """`(width, height)` of an image as `load_image` would return it, read from the header without decoding.
+
+    Converters and checks need the size of thousands of images; decoding each would cost 100x more. With
+    `apply_exif` the EXIF orientation is honoured, so a portrait phone photo stored as landscape pixels reports its
+    portrait size, like `load_image`. Header-level failures raise `ImageLoadError`; truncated pixel data is only
+    found by `load_image`.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                orientation = _exif_orientation(img) if apply_exif else 1
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(
+            f"{path}: not an image Pillow can read (is it really a {path.suffix or 'image'} file?); "
+            "re-save it as JPEG or PNG or remove it"
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"{path}: corrupt image header ({e}); re-export or remove the file") from e
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{path}: image header gives an empty size {w}x{h}")
+    return (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)  # 0x0112 = Orientation
+        return int(value)
+    except Exception:  # noqa: BLE001 - a broken EXIF block means no rotation, as in `_apply_exif_orientation`
+        return 1
 
 
 def _check_file(path: Path) -> None:

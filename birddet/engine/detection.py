@@ -23,13 +23,21 @@ logger = logging.getLogger(__name__)
 
 
 def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | None = None) -> tuple[Any, Any]:
-    """Training and validation `CocoDetection`s; constructing them validates every annotation before training.
+    """Training and validation `CocoDetection`s, after validating both splits completely (`check_training_splits`).
 
-    `categories` (from a checkpoint being resumed) fixes the label mapping; otherwise the training file defines it.
+    Every fatal problem in either split is reported in one `InputError` before step 1, rather than the first one
+    only, or a bad val box stopping the run at its first evaluation. `categories` (from a checkpoint being resumed)
+    fixes the label mapping; otherwise the training file defines it.
     """
+    from birddet.data.check import check_training_splits
     from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.transforms import build_eval_transforms, build_train_transforms
 
+    train_check, val_check = check_training_splits(
+        (paths.train_ann, paths.train_images), (paths.val_ann, paths.val_images), categories
+    )
+    for line in train_check.warnings + val_check.warnings:
+        logger.warning(line)
     size = cfg.model.input_size
     aug = cfg.data.augment
     cmap = CategoryMap.from_dict(categories) if categories else None
@@ -45,7 +53,13 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
         )
     except ValueError as err:
         raise InputError(f"data.augment: {err}") from None
-    train_ds = CocoDetection(paths.train_ann, paths.train_images, train_transforms, category_map=cmap)
+    train_ds = CocoDetection(
+        paths.train_ann,
+        paths.train_images,
+        train_transforms,
+        category_map=cmap,
+        validated=(train_check.data, train_check.report),
+    )
     tile = cfg.data.tile
     val_ds = CocoDetection(
         paths.val_ann,
@@ -54,6 +68,7 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
         None if tile.size else build_eval_transforms(size),
         category_map=train_ds.category_map,
         skip_bad_images=False,
+        validated=(val_check.data, val_check.report),
     )
     if len(train_ds) == 0:
         raise InputError(f"{paths.train_ann} has no images to train on")
