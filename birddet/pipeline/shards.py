@@ -68,12 +68,13 @@ class Shard:
 
 
 def join(device: torch.device) -> Shard:
-    """This process's shard: rank/world from torchrun's environment, a world of one otherwise.
+    """This process's shard: rank/world from torchrun's environment (or a group the caller already started),
+    a world of one otherwise.
 
     Under torchrun a GPU run gives each rank its own GPU (``cuda`` -> ``cuda:LOCAL_RANK``); an explicit
     ``cuda:i`` is kept as given.
     """
-    if not distributed.launched_by_torchrun():
+    if not distributed.launched_by_torchrun() and not torch.distributed.is_initialized():
         return Shard(device=device)
     spec = device.type if device.index is None else str(device)
     ctx = distributed.init_distributed(spec, timeout=MEET_TIMEOUT)
