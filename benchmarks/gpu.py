@@ -38,16 +38,16 @@ def sync(device: torch.device) -> None:
 
 
 def cmd_ckpt(args: argparse.Namespace) -> None:
-    cfg = config_from_dict(
-        {
-            "model": {
-                "image_size": args.size,
-                "backbone": {"preset": args.preset, "window_size": args.window},
-                "rpn": {"conv_depth": 2},
-                "roi_heads": {"box_head": "4conv1fc"},
-            }
-        }
-    )
+    # The heads of configs/vitdet_m16_inat21.yaml; --light shrinks them so a CPU smoke run takes seconds.
+    model: dict = {
+        "image_size": args.size,
+        "backbone": {"preset": args.preset, "window_size": args.window},
+        "rpn": {"conv_depth": 2},
+        "roi_heads": {"box_head": "4conv1fc"},
+    }
+    if args.light:
+        model.update(pyramid={"out_channels": 32}, rpn={"post_nms_top_n_test": 50}, roi_heads={"conv_dim": 32})
+    cfg = config_from_dict({"model": model})
     torch.manual_seed(0)
     save_checkpoint(Path(args.out), build_detector(cfg, {1: "bird"}))
     print(f"wrote {args.out}")
@@ -122,6 +122,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--preset", default="vit_reg4_m16_rms_avg")
+    p.add_argument("--light", action="store_true", help="small heads (CPU smoke runs)")
     p = sub.add_parser("infer")
     p.add_argument("ckpt")
     p.add_argument("images")

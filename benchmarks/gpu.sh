@@ -25,12 +25,16 @@ SMOKE=${SMOKE:-0}
 BUDGET_S=${BUDGET_S:-470}
 START=$(date +%s)
 
-if [[ "$SMOKE" == 1 ]]; then
-  DEVICE=cpu; PRESET=vit_reg4_tiny16_rms_avg; BIG=128; SMALL=96; STEPS=4; LOG=2; IMAGES=24; INFER_S=2
-  TRAIN_SIZE=128; FP16=none
+if [[ "$SMOKE" == 1 ]]; then # tiny model, fp32 (CPU bf16 convolutions are slow), no loader workers
+  DEVICE=cpu; PRESET=vit_reg4_tiny16_rms_avg; BIG=128; SMALL=96; STEPS=3; LOG=1; IMAGES=24; INFER_S=2
+  TRAIN_SIZE=128; BF16=none; FP16=none; WORKERS=0; AMP_FLAG=; LIGHT=--light
+  # The real heads (256-channel pyramid, 4conv1fc on 512 RoIs per image) cost minutes per step on a CPU.
+  SMALL_HEADS=(model.pyramid.out_channels=32 model.roi_heads.conv_dim=32 model.roi_heads.representation_size=64
+    model.roi_heads.batch_size_per_image=64 model.rpn.pre_nms_top_n_train=200 model.rpn.post_nms_top_n_train=100)
 else
   DEVICE=cuda; PRESET=vit_reg4_m16_rms_avg; BIG=1024; SMALL=640; STEPS=30; LOG=10; IMAGES=200; INFER_S=15
-  TRAIN_SIZE=1024; FP16=fp16
+  TRAIN_SIZE=1024; BF16=bf16; FP16=fp16; WORKERS=4; AMP_FLAG=--amp; LIGHT=
+  SMALL_HEADS=()
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "gpu.sh: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); SMOKE=1 runs on the CPU" >&2
     exit 2
@@ -85,26 +89,27 @@ train() { # train LABEL AMP WINDOW
     model.backbone.weights=null model.backbone.preset="$PRESET" model.image_size="$TRAIN_SIZE" \
     model.backbone.window_size="$3" \
     data.train.ann="$DATA/train.json" data.train.images="$DATA/images" \
-    data.val.ann="$DATA/val.json" data.val.images="$DATA/images" data.workers=4 \
-    train.amp="$2" train.device="$DEVICE" train.max_steps="$STEPS" train.log_every="$LOG" --out "$run"
+    data.val.ann="$DATA/val.json" data.val.images="$DATA/images" data.workers="$WORKERS" \
+    train.amp="$2" train.device="$DEVICE" train.max_steps="$STEPS" train.log_every="$LOG" \
+    ${SMALL_HEADS[@]+"${SMALL_HEADS[@]}"} --out "$run"
   if [[ -f "$run/metrics.jsonl" ]]; then
     "$PY" benchmarks/gpu.py train-row "$run" "$TRAIN_SIZE px, $1" >>"$ROWS" || true
   fi
 }
-train "bf16, window 16" bf16 16
-train "bf16, global" bf16 0
+train "$BF16, window 16" "$BF16" 16
+train "$BF16, global" "$BF16" 0
 train "$FP16 + GradScaler, window 16" "$FP16" 16
 
 for size in "$SMALL" "$BIG"; do
   ckpt="$WORK/det$size.pt"
-  step "checkpoint $size" 60 "$PY" benchmarks/gpu.py ckpt "$ckpt" --size "$size" --window 16 --preset "$PRESET"
-  step "eval $size" 60 "$PY" benchmarks/gpu.py infer "$ckpt" "$DATA/images" --batch 8 --amp \
+  step "checkpoint $size" 60 "$PY" benchmarks/gpu.py ckpt "$ckpt" --size "$size" --window 16 --preset "$PRESET" $LIGHT
+  step "eval $size" 60 "$PY" benchmarks/gpu.py infer "$ckpt" "$DATA/images" --batch 8 $AMP_FLAG \
     --seconds "$INFER_S" --device "$DEVICE"
   out="$WORK/predict$size"
   step "predict $size" 90 "$PY" -m birddet.cli predict "$ckpt" "$DATA/images" --out "$out" --no-classifier \
-    --amp --batch-size 8 --workers 4 --device "$DEVICE"
+    $AMP_FLAG --batch-size 8 --workers "$WORKERS" --device "$DEVICE"
   rate=$(grep -o '[0-9.]* images/s' "$WORK/predict_$size.log" | tail -n 1 | cut -d' ' -f1 || true)
-  echo "ROW|predict images/s, $size px, batch 8, bf16 (end to end)|${rate:-?}|img/s" >>"$ROWS"
+  echo "ROW|predict images/s, $size px, batch 8${AMP_FLAG:+, bf16} (end to end)|${rate:-?}|img/s" >>"$ROWS"
 done
 
 step "torchrun nccl" 90 "$PY" -m torch.distributed.run --nproc_per_node=1 --master_addr=127.0.0.1 \
