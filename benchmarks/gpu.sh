@@ -112,8 +112,9 @@ for size in "$SMALL" "$BIG"; do
   echo "ROW|predict images/s, $size px, batch 8${AMP_FLAG:+, bf16} (end to end)|${rate:-?}|img/s" >>"$ROWS"
 done
 
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 step "torchrun nccl" 90 "$PY" -m torch.distributed.run --nproc_per_node=1 --master_addr=127.0.0.1 \
-  --master_port=29533 benchmarks/gpu.py nccl "$WORK/det$SMALL.pt" "$DATA/images" "$WORK/nccl" --device "$DEVICE"
+  --master_port="$PORT" benchmarks/gpu.py nccl "$WORK/det$SMALL.pt" "$DATA/images" "$WORK/nccl" --device "$DEVICE"
 
 if [[ "$SMOKE" == 1 ]]; then
   echo "ROW|pytest -m gpu|not run (SMOKE)|" >>"$ROWS"
