@@ -32,7 +32,7 @@ if [[ "$SMOKE" == 1 ]]; then # tiny model, fp32 (CPU bf16 convolutions are slow)
   SMALL_HEADS=(model.pyramid.out_channels=32 model.roi_heads.conv_dim=32 model.roi_heads.representation_size=64
     model.roi_heads.batch_size_per_image=64 model.rpn.pre_nms_top_n_train=200 model.rpn.post_nms_top_n_train=100)
 else
-  DEVICE=cuda; PRESET=vit_reg4_m16_rms_avg; BIG=1024; SMALL=640; STEPS=30; LOG=10; IMAGES=200; INFER_S=15
+  DEVICE=cuda; PRESET=vit_reg4_m16_rms_avg; BIG=1024; SMALL=640; STEPS=20; LOG=10; IMAGES=120; INFER_S=10
   TRAIN_SIZE=1024; BF16=bf16; FP16=fp16; WORKERS=4; AMP_FLAG=--amp; LIGHT=
   SMALL_HEADS=()
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
