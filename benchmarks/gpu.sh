@@ -84,7 +84,7 @@ DATA="$WORK/data"
 step "synthetic data" 60 "$PY" -m birddet.cli synth "$DATA" --images "$IMAGES"
 
 train() { # train LABEL AMP WINDOW
-  local run="$WORK/train-$2-w$3"
+  local run="$WORK/train-${1//[^A-Za-z0-9]/_}"
   step "train $1" 150 "$PY" -m birddet.cli train configs/vitdet_m16_inat21.yaml \
     model.backbone.weights=null model.backbone.preset="$PRESET" model.image_size="$TRAIN_SIZE" \
     model.backbone.window_size="$3" \
