@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -513,7 +514,21 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
+def _passive_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE) unless the user chose a policy.
+
+    On a small machine shared with other processes, spinning threads burn the time slices the working threads
+    need: benchmarks/threads.py measured ViT-M/16 at 384 px, 2 threads, on 2 cores at load ~30: 53 s per call with
+    the default policy or ACTIVE, 12.6 s with PASSIVE (1 thread: 13-18 s under every policy). OpenMP reads the
+    variable when torch loads it, so this must run before the first torch import; every command imports torch
+    lazily, after this.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _passive_openmp_threads()
     parser = build_parser()
     args = _parse(parser, argv)
     logging.basicConfig(

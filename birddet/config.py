@@ -28,6 +28,12 @@ class BackboneConfig:
     # -1: train everything; 0: freeze the patch embedding; k: the patch embedding and the first k blocks.
     freeze_blocks: int = -1
     grad_checkpointing: bool = False
+    # ViTDet window attention (arXiv 2203.16527), in patches per window side: 0 = global attention in every block,
+    # exactly birder's network. Same parameters either way, so any weights file runs windowed or global.
+    window_size: int = 0
+    # Blocks that keep global attention when window_size > 0; null = ViTDet's four evenly spaced blocks scaled to
+    # the depth (2, 5, 8, 11 of 12). Register tokens take part only in these blocks (see backbone/vit.py).
+    global_blocks: list[int] | None = None
     # Input size the backbone's position embedding was trained at; filled in from the weights file (or
     # model.image_size for random init) so that a checkpoint rebuilds the same network.
     pretrain_size: list[int] | None = None

@@ -6,7 +6,10 @@ The network only computes: reading birder files, hashes and downloads live in `w
 loads with `strict=True` and gives birder's numbers.
 
 References: "An Image is Worth 16x16 Words" (arXiv 2010.11929); "Vision Transformers Need Registers"
-(arXiv 2309.16588); ViTDet's use of a plain ViT's last feature map (arXiv 2203.16527).
+(arXiv 2309.16588); ViTDet's use of a plain ViT's last feature map and its window attention (arXiv 2203.16527).
+
+Window attention (`ViT.set_window_attention`) changes which tokens attend to which, never the parameters: the
+same state dict runs global (birder's network, the default) or windowed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from birddet.backbone.windows import check_global_blocks, default_global_blocks, window_partition, window_unpartition
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,11 @@ def _mlp(dim: int, hidden: int) -> nn.Sequential:
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    With `window_size > 0` (set by `Encoder.set_window_attention`) the block is one of ViTDet's windowed blocks:
+    `forward_windowed` attends inside non-overlapping windows of the patch grid.
+    """
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -72,26 +81,79 @@ class EncoderBlock(nn.Module):
         self.attn = Attention(cfg.hidden_dim, cfg.num_heads)
         self.norm2 = nn.RMSNorm(cfg.hidden_dim, eps=cfg.norm_eps)
         self.mlp = _mlp(cfg.hidden_dim, cfg.mlp_dim)
+        self.window_size = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
+    def forward_windowed(self, x: torch.Tensor, grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
+        """`[B, prefix + h*w, C]` -> same shape; patch tokens attend within `window_size` windows of the grid.
+
+        Register tokens pass through unchanged. They are the network's global scratch space (Darcet et al.,
+        arXiv 2309.16588): inside a window there is no global context for them to gather, and letting every window
+        update its own copy would need a merge rule the pretrained network never saw. They rejoin attention in
+        the next global block, holding what the previous global block wrote.
+
+        Padding follows detectron2's ViTDet: the normalised grid is zero-padded to a multiple of the window before
+        attention (pad tokens act as keys with only the qkv bias, never masked) and cropped after.
+        """
+        prefix, patches = x[:, :num_prefix], x[:, num_prefix:]
+        B, N, C = patches.shape
+        h = self.norm1(patches).reshape(B, grid[0], grid[1], C)
+        windows, padded = window_partition(h, self.window_size)
+        h = window_unpartition(self.attn(windows), self.window_size, padded, grid).reshape(B, N, C)
+        patches = patches + h
+        patches = patches + self.mlp(self.norm2(patches))
+        return torch.cat([prefix, patches], dim=1)
+
 
 class Encoder(nn.Module):
-    """The stack of blocks (`encoder.block.{i}` in birder's keys), with optional gradient checkpointing."""
+    """The stack of blocks (`encoder.block.{i}` in birder's keys), with optional gradient checkpointing and
+    ViTDet window attention (off by default: every block global, exactly birder's network)."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.block = nn.Sequential(*[EncoderBlock(cfg) for _ in range(cfg.num_layers)])
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for blk in self.block:
-                x = checkpoint(blk, x, use_reentrant=False)
-            return x
-        return self.block(x)
+    def set_window_attention(self, window_size: int, global_blocks: list[int] | None = None) -> list[int]:
+        """Windowed attention of `window_size` patches in every block except `global_blocks` (default: ViTDet's
+        evenly spaced four); `window_size=0` makes every block global again. Returns the global block indices."""
+        if window_size < 0:
+            raise ValueError(f"window_size must be 0 (global) or a positive number of patches, got {window_size}")
+        depth = len(self.block)
+        if window_size == 0:
+            glob = list(range(depth))
+        else:
+            glob = check_global_blocks(default_global_blocks(depth) if global_blocks is None else global_blocks, depth)
+        for i, blk in enumerate(self.block):
+            blk.window_size = 0 if i in glob else window_size
+        return glob
+
+    @property
+    def windowed(self) -> bool:
+        return any(blk.window_size for blk in self.block)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, num_prefix: int = 0) -> torch.Tensor:
+        """`[B, prefix + h*w, C]` tokens through every block; windowed blocks need the patch `grid` (h, w)."""
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        if not self.windowed:
+            if ckpt:
+                for blk in self.block:
+                    x = checkpoint(blk, x, use_reentrant=False)
+                return x
+            return self.block(x)
+        if grid is None:
+            raise ValueError("windowed blocks need the patch grid (h, w) of the tokens")
+        for blk in self.block:
+            if blk.window_size:
+                args: tuple = (x, grid, num_prefix)
+                fn = blk.forward_windowed
+            else:
+                args, fn = (x,), blk
+            x = checkpoint(fn, *args, use_reentrant=False) if ckpt else fn(*args)
+        return x
 
 
 def resize_pos_embedding(
@@ -218,7 +280,7 @@ class ViT(nn.Module):
         x = self.conv_proj(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.reg_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.pos_embedding_for(H, W)
-        return self.encoder(x)
+        return self.encoder(x, (H // self.patch_size, W // self.patch_size), self.num_prefix_tokens)
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         H, W = x.shape[-2:]
@@ -246,6 +308,12 @@ class ViT(nn.Module):
             frozen.extend(blk.parameters())
         for p in frozen:
             p.requires_grad_(False)
+
+    def set_window_attention(self, window_size: int, global_blocks: list[int] | None = None) -> list[int]:
+        """ViTDet window attention: `window_size` patches per side in all blocks but `global_blocks` (default:
+        four evenly spaced, e.g. 2, 5, 8, 11 of 12). 0 = global attention everywhere (birder's network). The
+        parameters are untouched, so the same weights load and run either way. Returns the global blocks."""
+        return self.encoder.set_window_attention(window_size, global_blocks)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass: activation memory of one block instead of all of them."""

@@ -58,10 +58,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_distributed(device_preference: str = "auto") -> DistContext:
+def init_distributed(device_preference: str = "auto", timeout: timedelta = timedelta(minutes=30)) -> DistContext:
     """Join the process group described by torchrun's environment (gloo on CPU, NCCL on GPU), or run alone.
 
     Re-uses a group that is already initialised (tests, notebooks) and then leaves it to its owner to destroy.
+    `timeout` bounds every collective: training meets every step, so 30 minutes means a rank is stuck; sharded
+    prediction meets once at the end and passes a longer one.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not launched_by_torchrun() and not dist.is_initialized():
@@ -72,7 +74,7 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
     owns = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend=backend, timeout=timeout)
         owns = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
 
@@ -115,6 +117,16 @@ def gather_lists(items: list[T]) -> list[T]:
     parts: list[Any] = [None] * get_world_size()
     dist.all_gather_object(parts, items)
     return [x for part in parts for x in part]
+
+
+def gather_lists_to_main(items: list[T]) -> list[T] | None:
+    """Concatenate every rank's list, in rank order, on rank 0 only (None elsewhere): for results only rank 0
+    writes, without a copy of everything on every rank."""
+    if get_world_size() == 1:
+        return list(items)
+    parts: list[Any] | None = [None] * get_world_size() if get_rank() == 0 else None
+    dist.gather_object(items, parts, dst=0)
+    return None if parts is None else [x for part in parts for x in part]
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

@@ -321,6 +321,13 @@ def build_backbone_body(cfg: Config, *, load_weights: bool = True) -> tuple[ViT,
     body.num_classes = 0
     body.freeze(bcfg.freeze_blocks)
     body.set_grad_checkpointing(bcfg.grad_checkpointing)
+    try:
+        body.set_window_attention(bcfg.window_size, bcfg.global_blocks)
+    except ValueError as exc:
+        raise InputError(
+            f"model.backbone.window_size={bcfg.window_size} / global_blocks={bcfg.global_blocks}: {exc}; "
+            "set window_size to 0 (global) or a positive patch count, and global_blocks to indices of existing blocks"
+        ) from None
     return body, rgb_stats
 
 

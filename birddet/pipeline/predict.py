@@ -13,6 +13,10 @@ fixed or finished copying since), after checking that the settings match. Ctrl-C
 for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
 finished folder only rewrites the outputs; a run without ``--resume`` replaces an existing progress file.
 
+``torchrun --nproc_per_node=N tools/predict.py ...`` splits the run over N processes: each rank predicts a strided
+shard and keeps its own progress file, and rank 0 writes the same output files a one-process run writes (see
+``birddet.pipeline.shards``).
+
 Detections of an image can depend slightly on which images share its batch (the detector pads a batch to its
 largest image, and the ViT attends over the padding), so a resumed run equals a clean one exactly only when
 batches are the same, e.g. with ``--batch-size 1`` or images of one size.
@@ -40,6 +44,7 @@ from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
 from birddet.fileio import atomic_path
 from birddet.models.detector import BirdDetector
+from birddet.pipeline.shards import check_resume_layout, join, leave, merge_results
 from birddet.pipeline.sources import SourceImage, list_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
@@ -403,19 +408,24 @@ def run_prediction(
     checkpoint = Path(checkpoint)
     device = resolve_device(options.device)
     items = list_sources(sources)
+    shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
+    device = shard.device
+    mine = shard.select(range(len(items)))
     detector = load_detector(checkpoint, device)
     classifier = _load_classifier(detector, options, device)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    progress = ProgressLog(out_dir / PROGRESS_NAME, _settings(checkpoint, classifier, options))
+    if options.resume:
+        check_resume_layout(out_dir, shard)
+    progress = ProgressLog(out_dir / shard.progress_name, _settings(checkpoint, classifier, options))
     done = progress.start(resume=options.resume)
     finished: dict[str, ImageResult] = {}
-    for src in items:
+    for src in (items[i] for i in mine):
         previous = done.get(str(src.path))
         if previous is not None:
             previous.file = src.file  # names follow this run's sources
             finished[str(src.path)] = previous
-    todo = [i for i, src in enumerate(items) if str(src.path) not in finished]
+    todo = [i for i in mine if str(items[i].path) not in finished]
     skipped = len(finished)
 
     run = _Run(detector, classifier, options, out_dir)
@@ -429,9 +439,12 @@ def run_prediction(
     )
     pending: list[ImageResult] = []
 
-    def write_final() -> dict[str, Path]:
-        ordered = [finished[str(src.path)] for src in items if str(src.path) in finished]
-        return write_outputs(
+    def write_final() -> tuple[dict[str, Path], list[ImageResult]]:
+        # Rank 0 writes every shard's results in the order of the full list; other ranks get None.
+        ordered = merge_results(shard, list(finished.values()), [str(src.path) for src in items])
+        if ordered is None:
+            return {}, list(finished.values())
+        written = write_outputs(
             out_dir,
             ordered,
             options.formats,
@@ -440,9 +453,10 @@ def run_prediction(
             detector_name=checkpoint.name,
             classifier_name=None if classifier is None else classifier.name,
         )
+        return written, ordered
 
     try:
-        with tqdm(total=len(items), initial=skipped, unit="img", desc="predict", disable=None) as bar:
+        with tqdm(total=len(mine), initial=skipped, unit="img", desc="predict", disable=None) as bar:
             for batch in loader:
                 # Dataset indices are positions in `todo`; map them back to positions in `items`.
                 batch = [(todo[k], img, reason) for k, img, reason in batch]
@@ -456,21 +470,25 @@ def run_prediction(
     except KeyboardInterrupt:
         progress.append(pending)
         pending = []
-        write_final()
+        if not shard.distributed:  # the other ranks may be mid-batch; a --resume merges them all
+            write_final()
         logger.warning("interrupted: wrote outputs for %d of %d images to %s", len(finished), len(items), out_dir)
         raise
     finally:
         progress.append(pending)
 
-    written = write_final()
-    failed = sum(r.failure is not None for r in finished.values())
-    n_det = sum(len(r.detections) for r in finished.values())
-    n_cls = sum(bool(d.classifications) for r in finished.values() for d in r.detections)
+    written, results = write_final()
+    leave(shard)
+    failed = sum(r.failure is not None for r in results)
+    n_det = sum(len(r.detections) for r in results)
+    n_cls = sum(bool(d.classifications) for r in results for d in r.detections)
     elapsed = time.perf_counter() - started
     new = len(todo)
     rate = f", {new / elapsed:.2f} images/s" if new else ""
     resumed = f" ({skipped} from an earlier run)" if skipped else ""
+    if not written:  # a rank other than 0: its shard only; rank 0 reports the merged run
+        return f"rank {shard.rank} of {shard.world_size}: {len(results)} images{resumed}, {failed} failed{rate}"
     return (
-        f"{len(items)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
+        f"{len(results)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
         f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
     )
