@@ -42,21 +42,8 @@ _SHARD_PROGRESS = re.compile(r"progress\.rank(\d+)-of-(\d+)\.jsonl")
 
 
 @dataclass(frozen=True)
-class Shard:
-    """This process's part of a prediction run: ``rank`` of ``world_size``, on ``device``."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class Shard(distributed.DistContext):
+    """This process's part of a prediction run: ``rank`` of ``world_size``, on ``device``, and its progress file."""
 
     @property
     def progress_name(self) -> str:
@@ -78,7 +65,13 @@ def join(device: torch.device) -> Shard:
         return Shard(device=device)
     spec = device.type if device.index is None else str(device)
     ctx = distributed.init_distributed(spec, timeout=MEET_TIMEOUT)
-    return Shard(ctx.rank, ctx.world_size, ctx.device, ctx.owns_group)
+    return Shard(
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        local_rank=ctx.local_rank,
+        device=ctx.device,
+        owns_group=ctx.owns_group,
+    )
 
 
 def leave(shard: Shard) -> None:
