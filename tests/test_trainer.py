@@ -173,3 +173,19 @@ def test_missing_data_paths_name_the_key_to_set(tmp_path):
 def test_fp16_on_cpu_is_refused_with_the_fix(data_dir, tmp_path):
     with pytest.raises(InputError, match="bf16"):
         train(tiny_config(data_dir, amp="fp16"), tmp_path / "run")
+
+
+def test_a_run_saved_before_a_config_key_existed_still_resumes(data_dir, tmp_path):
+    run = tmp_path / "old"
+    train(tiny_config(data_dir, max_steps=1), run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    user = ckpt["training"]["user_config"]
+    del user["data"]["synthetic"]["preset"]  # keys that later birddet versions added
+    del user["data"]["tile"]
+    torch.save(ckpt, run / "last.pt")
+    summary = train(tiny_config(data_dir, max_steps=2), run, resume=True)
+    assert summary["steps"] == 2
+    changed = tiny_config(data_dir)
+    changed.data.synthetic.preset = "realistic"  # a non-default value for the new key is still a difference
+    with pytest.raises(InputError, match="data.synthetic.preset"):
+        train(changed, run, resume=True)

@@ -45,7 +45,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from birddet.config import TrainConfig, config_to_dict, save_config
+from birddet.config import TrainConfig, config_from_dict, config_to_dict, save_config
 from birddet.engine import distributed as D
 from birddet.engine.budget import BudgetKeeper, BudgetPlan
 from birddet.engine.optim import build_scheduler, resize_schedule
@@ -389,7 +389,11 @@ class Trainer:
         ckpt = self.task.read_checkpoint(path)
         if "training" not in ckpt:
             raise InputError(f"cannot resume from {path}: it holds no training state (is it a copy of best.pt?)")
-        _compare_configs(ckpt["training"]["user_config"], config_to_dict(self.cfg), str(path))
+        saved = ckpt["training"]["user_config"]
+        # A run saved before a config key existed ran with that key's default: fill it in, so adding a knob to
+        # birddet never makes older runs unresumable (a non-default value for it is still a difference).
+        saved = config_to_dict(config_from_dict(saved, str(path), schema=type(self.cfg)))
+        _compare_configs(saved, config_to_dict(self.cfg), str(path))
         return ckpt
 
     def _build_model(self, ckpt: dict[str, Any] | None) -> torch.nn.Module:
