@@ -113,3 +113,23 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     with pytest.raises(ImageLoadError, match=r"big\.png.*100x100.*exceeds the limit of 5000"):
         load_image(path, max_pixels=5000)
     assert load_image(path, max_pixels=10_000).size == (100, 100)
+
+
+def test_a_raised_pixel_limit_also_lifts_pillows_own_stop(tmp_path, monkeypatch):
+    # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS by itself; tiled predict asks for far more than that.
+    from PIL import Image as PILImage
+
+    from birddet.data.images import ImageLoadError, load_image
+    from birddet.pipeline.predict import ImageFiles
+
+    path = tmp_path / "survey.png"
+    PILImage.new("RGB", (100, 100), (10, 20, 30)).save(path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000)  # 100x100 = 10,000 px is a "bomb" to Pillow now
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 5000"):
+        load_image(path, max_pixels=5_000)
+    assert load_image(path, max_pixels=20_000).size == (100, 100)
+    assert PILImage.MAX_IMAGE_PIXELS == 1_000  # restored afterwards
+    _, pixels, reason = ImageFiles([path], max_pixels=20_000)[0]
+    assert reason is None and tuple(pixels.shape) == (3, 100, 100)
+    _, pixels, reason = ImageFiles([path], max_pixels=5_000)[0]
+    assert pixels is None and "exceeds the limit" in reason

@@ -21,9 +21,11 @@ error the user should see, not a grey stripe the model silently trains on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from birddet.errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "ImageLoadError", "image_size", "load_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "TILED_MAX_IMAGE_PIXELS",
+    "ImageLoadError",
+    "image_size",
+    "load_image",
+]
 
 log = logging.getLogger(__name__)
 
 # Lower than Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS, about 179 Mpx) so that our clear message, not
 # Pillow's, is the one a user sees; still large enough for a 12000 x 12000 panorama.
 MAX_IMAGE_PIXELS: int = 150_000_000
+#: The limit when predicting tiled: survey mosaics of 20,000 x 15,000 px (300 Mpx, 900 MB decoded) are the point of
+#: tiling, and the windows, not the whole image, go through the network.
+TILED_MAX_IMAGE_PIXELS: int = 1_000_000_000
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -59,7 +71,7 @@ def load_image(
     path = Path(path)
     _check_file(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
             # Our own size check below replaces Pillow's DecompressionBombWarning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -130,6 +142,19 @@ def _check_file(path: Path) -> None:
         raise ImageLoadError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes); the copy or download probably failed, fetch it again")
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open what `max_pixels` allows: its own hard stop (2 x `Image.MAX_IMAGE_PIXELS`, about 179 Mpx)
+    would otherwise refuse a survey image that the caller asked for. Our `_check_size` still guards the limit."""
+    saved = Image.MAX_IMAGE_PIXELS
+    if saved is not None and max_pixels > saved:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:

@@ -262,14 +262,14 @@ def _round32(size: float) -> int:
     return max(32, int(round(size / 32)) * 32)
 
 
-def _to_array(image: ImageInput) -> np.ndarray:
+def _to_array(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """`HxWx3` uint8 (PIL images, paths, uint8 tensors) or float32 in [0, 1] (float tensors) for the eval resize."""
     if isinstance(image, np.ndarray):  # already converted (predict's untiled batches)
         return image
     if isinstance(image, str | os.PathLike):
-        from birddet.data.images import load_image
+        from birddet.data.images import MAX_IMAGE_PIXELS, load_image
 
-        image = load_image(Path(image))
+        image = load_image(Path(image), max_pixels=max_pixels or MAX_IMAGE_PIXELS)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
@@ -295,7 +295,9 @@ def _image_tensor(image: ImageInput) -> torch.Tensor:
         if image.ndim != 3 or image.shape[0] != 3:
             raise InputError(f"image tensors must be [3, H, W], got {list(image.shape)}")
         return image
-    return torch.from_numpy(_to_array(image)).permute(2, 0, 1)
+    from birddet.data.images import TILED_MAX_IMAGE_PIXELS
+
+    return torch.from_numpy(_to_array(image, TILED_MAX_IMAGE_PIXELS)).permute(2, 0, 1)
 
 
 # -- assembly -------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from birddet.data.images import load_image
+from birddet.data.images import MAX_IMAGE_PIXELS, TILED_MAX_IMAGE_PIXELS, load_image
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
 from birddet.fileio import atomic_path
@@ -159,15 +159,16 @@ class ImageFiles(Dataset):
     exception in a worker would end the whole run for one corrupt JPEG.
     """
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.paths = list(paths)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            image = load_image(self.paths[index])
+            image = load_image(self.paths[index], max_pixels=self.max_pixels)
             return index, TF.pil_to_tensor(image), None
         except InputError as exc:
             return index, None, " ".join(str(exc).split())
@@ -430,7 +431,10 @@ def run_prediction(
 
     run = _Run(detector, classifier, options, out_dir)
     loader = DataLoader(
-        ImageFiles([items[i].path for i in todo]),
+        ImageFiles(
+            [items[i].path for i in todo],
+            max_pixels=MAX_IMAGE_PIXELS if options.tile is None else TILED_MAX_IMAGE_PIXELS,
+        ),
         # Tiled, --batch-size counts windows and images come one at a time: a survey image can be gigabytes.
         batch_size=options.batch_size if options.tile is None else 1,
         num_workers=options.workers,
