@@ -104,6 +104,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_eval)
 
 
+def _eval_kwargs(args: argparse.Namespace, out: Path) -> dict[str, object]:
+    """The settings detector eval and two-stage eval share."""
+    return {
+        "ann": args.ann,
+        "images": args.images,
+        "out_dir": out,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "amp": args.amp,
+        "device": args.device,
+        "plots": not args.no_plots,
+        "conf_threshold": args.conf,
+    }
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from birddet.engine.reports import format_table
     from birddet.engine.runner import evaluate_checkpoint
@@ -114,18 +129,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             raise InputError("--tile and --max-dets are not supported with --classifier (two-stage eval) yet")
         return _run_eval_two_stage(args, out)
     result = evaluate_checkpoint(
-        args.checkpoint,
-        ann=args.ann,
-        images=args.images,
-        out_dir=out,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        amp=args.amp,
-        device=args.device,
-        plots=not args.no_plots,
-        conf_threshold=args.conf,
-        tile=_tile_options(args),
-        max_dets=args.max_dets,
+        args.checkpoint, **_eval_kwargs(args, out), tile=_tile_options(args), max_dets=args.max_dets
     )
     if result is not None:  # None on non-zero ranks under torchrun
         print(format_table(result))
@@ -137,19 +141,7 @@ def _run_eval_two_stage(args: argparse.Namespace, out: Path) -> int:
     from birddet.engine.reports import format_table
     from birddet.engine.two_stage import evaluate_two_stage
 
-    outcome = evaluate_two_stage(
-        args.checkpoint,
-        args.classifier,
-        ann=args.ann,
-        images=args.images,
-        out_dir=out,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        amp=args.amp,
-        device=args.device,
-        plots=not args.no_plots,
-        conf_threshold=args.conf,
-    )
+    outcome = evaluate_two_stage(args.checkpoint, args.classifier, **_eval_kwargs(args, out))
     if outcome is not None:  # None on non-zero ranks under torchrun
         result, two_stage = outcome
         print(format_table(result))

@@ -70,16 +70,22 @@ def load_image(
     """
     path = Path(path)
     _check_file(path)
+    with _explained_errors(path, "corrupt or truncated image data"), warnings.catch_warnings():
+        # Our own size check below replaces Pillow's DecompressionBombWarning.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _pillow_pixel_limit(max_pixels), Image.open(path) as img:
+            _check_size(path, img.size, max_pixels)
+            img.load()  # decode everything now: a truncated file fails here, not deep inside a DataLoader
+            if apply_exif:
+                img = _apply_exif_orientation(path, img)
+            return to_rgb8(img)
+
+
+@contextlib.contextmanager
+def _explained_errors(path: Path, damage: str) -> Iterator[None]:
+    """Turn Pillow's exceptions into `ImageLoadError`s that say which file, what is wrong and what to do."""
     try:
-        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
-            # Our own size check below replaces Pillow's DecompressionBombWarning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_size(path, img.size, max_pixels)
-                img.load()  # decode everything now: a truncated file fails here, not deep inside a DataLoader
-                if apply_exif:
-                    img = _apply_exif_orientation(path, img)
-                return to_rgb8(img)
+        yield
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
@@ -91,7 +97,7 @@ def load_image(
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated"), SyntaxError or ValueError.
-        raise ImageLoadError(f"{path}: corrupt or truncated image data ({e}); re-export or remove the file") from e
+        raise ImageLoadError(f"{path}: {damage} ({e}); re-export or remove the file") from e
 
 
 #: EXIF orientations (5-8) that swap width and height when applied.
@@ -108,19 +114,12 @@ def image_size(path: str | os.PathLike[str], *, apply_exif: bool = True) -> tupl
     """
     path = Path(path)
     _check_file(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                orientation = _exif_orientation(img) if apply_exif else 1
-    except UnidentifiedImageError as e:
-        raise ImageLoadError(
-            f"{path}: not an image Pillow can read (is it really a {path.suffix or 'image'} file?); "
-            "re-save it as JPEG or PNG or remove it"
-        ) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageLoadError(f"{path}: corrupt image header ({e}); re-export or remove the file") from e
+    with _explained_errors(path, "corrupt image header"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Reading a header decodes no pixels, so a survey image of any size may report its size.
+        with _pillow_pixel_limit(TILED_MAX_IMAGE_PIXELS), Image.open(path) as img:
+            w, h = img.size
+            orientation = _exif_orientation(img) if apply_exif else 1
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"{path}: image header gives an empty size {w}x{h}")
     return (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
