@@ -156,8 +156,9 @@ class EvalTransform(_AlbumentationsDetectionTransform):
 
     resize_only = True
 
-    def __init__(self, pipeline: A.Compose, size: int) -> None:
-        super().__init__(pipeline)
+    def __init__(self, size: int) -> None:
+        self.resize = _longest_side(size)
+        super().__init__(A.Compose([self.resize], bbox_params=_bbox_params(0.0)))
         self.size = size
 
     def scale_for(self, height: int, width: int) -> float:
@@ -167,7 +168,7 @@ class EvalTransform(_AlbumentationsDetectionTransform):
     def resize_image(self, image: np.ndarray) -> np.ndarray:
         """The image part of the transform alone (`HxWx3` uint8 or float32 in [0, 1]): what `predict` uses, so a
         photo gives the same pixels, hence the same detections, in `birddet predict` and `birddet eval`."""
-        return _longest_side(self.size)(image=image)["image"]
+        return self.resize(image=image)["image"]
 
 
 def _longest_side(size: int) -> A.LongestMaxSize:
@@ -321,5 +322,4 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 def build_eval_transforms(size: int) -> EvalTransform:
     """Resize the longest side to `size`, keep the aspect ratio, no padding (see module docstring)."""
-    steps = [_longest_side(size)]
-    return EvalTransform(A.Compose(steps, bbox_params=_bbox_params(0.0)), size)
+    return EvalTransform(size)
