@@ -513,6 +513,7 @@ class CocoDetection(Dataset):
         for ann in self.coco["annotations"]:
             self.anns_by_image[ann["image_id"]].append(ann)
         self.skipped: dict[str, str] = {}
+        self.pixel_cache: dict[int, np.ndarray] = {}
 
     def _check_categories_mapped(self) -> None:
         """A given map (from a checkpoint) must know every category this file uses, or labels would be wrong."""
@@ -552,6 +553,8 @@ class CocoDetection(Dataset):
         image_id = self.image_ids[index]
         pixels, boxes, labels = self._raw_item(index)
         orig_h, orig_w = pixels.shape[:2]
+        if index in self.pixel_cache:  # cached pixels are shrunk; the original is the size the boxes came in
+            orig_h, orig_w = self.images[image_id]["height"], self.images[image_id]["width"]
         image, boxes_t, labels_t, scale = self._apply_transforms(pixels, boxes, labels, self._extra_items())
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes_t, dtype=np.float32)).reshape(-1, 4),
@@ -567,7 +570,9 @@ class CocoDetection(Dataset):
         """Decoded pixels with their xyxy boxes (in those pixels) and labels, before any transform."""
         image_id = self.image_ids[index]
         info = self.images[image_id]
-        pixels = self._load_pixels(index)
+        pixels = self.pixel_cache.get(index)
+        if pixels is None:
+            pixels = self._load_pixels(index)
         boxes, labels = self._targets(image_id)
         if (pixels.shape[1], pixels.shape[0]) != (info["width"], info["height"]):
             boxes = _rescale_boxes(boxes, (info["width"], info["height"]), (pixels.shape[1], pixels.shape[0]))
@@ -587,6 +592,52 @@ class CocoDetection(Dataset):
             except ImageLoadError as e:
                 self.skipped[str(self.image_path(int(j)))] = str(e)
         return items
+
+    def cache_pixels(self, max_side: int, *, max_bytes: int | None = None, threads: int | None = None) -> bool:
+        """Decode every image once and keep it in RAM, shrunk to `max_side` on its longest side (YOLO's `cache=ram`).
+
+        Why: on a CPU, decoding and shrinking a 1920 px photo costs about as much per sample as a fifth of a training
+        step at 192 px, and a mosaic needs four photos per sample. The shrink is the first step of the training
+        transform (`TrainTransform` brings the longest side to the input size with the same area-averaging resize),
+        so with `max_side` = the input size the training pixels are the same as without the cache; boxes follow
+        through `_raw_item`'s size check. Only for training sets: evaluation maps boxes back to the original size.
+
+        The cache is filled here, in the calling process, so DataLoader workers forked later share its pages
+        instead of each decoding again. Images that fail to decode are left out (the normal skip-and-report path
+        handles them). When the estimated size (from the JSON's image sizes) is over `max_bytes` (default: half the
+        memory available now, where the OS tells), nothing is cached and a warning says so; returns whether it cached.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from birddet.data.transforms import build_eval_transforms
+
+        need = sum(_cached_bytes(self.images[i]["width"], self.images[i]["height"], max_side) for i in self.image_ids)
+        limit = max_bytes if max_bytes is not None else _half_available_memory()
+        if limit is not None and need > limit:
+            log.warning(
+                "data.cache_images: %s would need %.1f GiB of RAM for %d images at %d px, over the %.1f GiB allowed; "
+                "training goes on without the cache (lower model.image_size or free memory to use it)",
+                self.ann_file, need / 2**30, len(self), max_side, limit / 2**30,
+            )  # fmt: skip
+            return False
+        shrink = build_eval_transforms(max_side).resize_image
+
+        def load(index: int) -> tuple[int, np.ndarray | None]:
+            try:
+                return index, shrink(self._load_pixels(index))
+            except ImageLoadError as e:
+                self.skipped[str(self.image_path(index))] = str(e)
+                return index, None
+
+        with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+            for index, pixels in pool.map(load, range(len(self))):  # Pillow and OpenCV release the GIL
+                if pixels is not None:
+                    self.pixel_cache[index] = pixels
+        log.info(
+            "data.cache_images: %d images of %s kept decoded at %d px (%.0f MiB)",
+            len(self.pixel_cache), self.ann_file, max_side, sum(p.nbytes for p in self.pixel_cache.values()) / 2**20,
+        )  # fmt: skip
+        return True
 
     def _load_pixels(self, index: int) -> np.ndarray:
         """Decode to uint8 HWC; undo the EXIF rotation when the JSON size matches the raw (unrotated) pixels."""
@@ -633,6 +684,20 @@ class CocoDetection(Dataset):
         """Keep images as a list: detection images differ in size and torchvision batches them itself."""
         images, targets = zip(*batch) if batch else ((), ())
         return list(images), list(targets)
+
+
+def _cached_bytes(width: int, height: int, max_side: int) -> int:
+    """Bytes of an RGB image once its longest side is brought to `max_side` (the training transform's first step)."""
+    f = max_side / max(width, height)
+    return max(1, round(width * f)) * max(1, round(height * f)) * 3
+
+
+def _half_available_memory() -> int | None:
+    """Half of the memory the OS says is available now, or None where it does not say (the cache is then unlimited)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _rescale_boxes(boxes: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:

@@ -105,6 +105,7 @@ class TrainTransform(_AlbumentationsDetectionTransform):
         pipeline: A.Compose,
         *,
         mosaic_pipeline: A.Compose | None = None,
+        mosaic_fit: A.Compose | None = None,
         mosaic: float = 0.0,
         mosaic_off_epochs: int = 0,
         copy_paste: float = 0.0,
@@ -112,6 +113,7 @@ class TrainTransform(_AlbumentationsDetectionTransform):
     ) -> None:
         super().__init__(pipeline)
         self.mosaic_pipeline = mosaic_pipeline
+        self.mosaic_fit = mosaic_fit
         self.mosaic = mosaic if mosaic_pipeline is not None else 0.0
         self.mosaic_off_epochs = mosaic_off_epochs
         self.mosaic_on = self.mosaic > 0
@@ -141,14 +143,22 @@ class TrainTransform(_AlbumentationsDetectionTransform):
             return super().__call__(image, boxes, labels)
         assert self.mosaic_pipeline is not None
         self.mosaic_pipeline.set_random_seed(int(np.random.randint(2**31)))
-        others = [
-            {"image": img, "bboxes": np.asarray(b, np.float32).reshape(-1, 4), "labels": np.asarray(lab, np.int64)}
-            for img, b, lab in extra[:MOSAIC_EXTRA]
-        ]
+        # Each photo is brought to the cell size first with the area-averaging resize of whole-image training (Mosaic's
+        # own resize is plain bilinear, which aliases big photos); a photo already that size (cached) is unchanged.
+        tiles = [self._fit_cell(img, b, lab) for img, b, lab in [(image, boxes, labels), *extra[:MOSAIC_EXTRA]]]
+        others = [{"image": img, "bboxes": b, "labels": lab} for img, b, lab in tiles[1:]]
+        image, boxes, labels = tiles[0]
         out = self.mosaic_pipeline(image=image, bboxes=boxes, labels=labels, mosaic_metadata=others)
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         return to_tensor(out["image"]), out_boxes, out_labels
+
+    def _fit_cell(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> Item:
+        assert self.mosaic_fit is not None
+        out = self.mosaic_fit(
+            image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels, np.int64)
+        )
+        return out["image"], np.asarray(out["bboxes"], np.float32).reshape(-1, 4), np.asarray(out["labels"], np.int64)
 
 
 class EvalTransform(_AlbumentationsDetectionTransform):
@@ -248,6 +258,7 @@ def build_train_transforms(
     return TrainTransform(
         A.Compose([*whole, *finish], bbox_params=_bbox_params(MIN_VISIBILITY)),
         mosaic_pipeline=mosaic_pipeline,
+        mosaic_fit=A.Compose([_longest_side(size)], bbox_params=_bbox_params(0.0)) if mosaic_pipeline else None,
         mosaic=mosaic,
         mosaic_off_epochs=mosaic_off_epochs,
         copy_paste=copy_paste,

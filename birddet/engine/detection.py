@@ -72,6 +72,10 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     )
     if len(train_ds) == 0:
         raise InputError(f"{paths.train_ann} has no images to train on")
+    if cfg.data.cache_images and tile.size:
+        logger.warning("data.cache_images is ignored with data.tile: windows are cut from the full-resolution images")
+    elif cfg.data.cache_images:
+        train_ds.cache_pixels(size)
     if tile.size:
         from birddet.data.tiled import TiledCocoDetection
 
