@@ -164,9 +164,39 @@ def test_non_positive_budget_is_refused(data_dir, tmp_path):  # noqa: F811
         train(tiny_config(data_dir, time_budget=0.0), tmp_path / "run")
 
 
-def test_from_scratch_config_trains_to_a_budget_with_mosaic():
-    from birddet.config import load_config
+def test_from_scratch_config_trains_photos_inside_a_budget(tmp_path):
+    """The shipped recipe as a user runs it (only the budget and the heavy parts shrunk): photos of every shape, the
+    image cache filled, a plan made and kept, `best.pt` written, and the whole run inside its budget."""
+    import json
+    import time
 
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "from_scratch.yaml")
-    assert cfg.train.time_budget == 10 and cfg.model.backbone.weights is None
-    assert cfg.data.augment.mosaic == 1.0 and cfg.data.augment.mosaic_off_epochs >= 1
+    from birddet.config import load_config
+    from birddet.data.synthetic import make_synthetic_coco
+
+    photos = make_synthetic_coco(
+        tmp_path / "photos",
+        num_train=8,
+        num_val=4,
+        preset="realistic",
+        image_size=(320, 480),
+        aspect_ratios=(16 / 9, 3 / 4, 2.0),
+        exif_fraction=0.5,
+        seed=2,
+    )
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs" / "from_scratch.yaml",
+        [
+            f"data.train.ann={photos['train']}", f"data.train.images={photos['images']}",
+            f"data.val.ann={photos['val']}", f"data.val.images={photos['images']}",
+            "model.backbone.preset=vit_reg4_tiny16_rms_avg", "model.image_size=128", "train.batch_size=4",
+            "data.workers=0", "train.device=cpu", "train.time_budget=0.25", "train.log_every=1",
+        ],
+    )  # fmt: skip
+    assert cfg.data.cache_images and cfg.model.backbone.weights is None and cfg.data.augment.mosaic == 0
+    start = time.perf_counter()
+    train(cfg, tmp_path / "run")
+    assert time.perf_counter() - start <= 0.25 * 60 * 1.1  # build, cache fill, training, evaluations, files
+    plans = [r["budget_plan"] for r in read_log(tmp_path / "run") if "budget_plan" in r]
+    assert plans and plans[0]["steps"] >= plans[0]["steps_per_epoch"]  # more than the measured first epoch
+    stats = json.loads((tmp_path / "run" / "metrics.json").read_text())["stats"]
+    assert (tmp_path / "run" / "best.pt").is_file() and set(stats) >= {"AP", "AP50"}
