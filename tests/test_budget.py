@@ -200,3 +200,50 @@ def test_from_scratch_config_trains_photos_inside_a_budget(tmp_path):
     assert plans and plans[0]["steps"] >= plans[0]["steps_per_epoch"]  # more than the measured first epoch
     stats = json.loads((tmp_path / "run" / "metrics.json").read_text())["stats"]
     assert (tmp_path / "run" / "best.pt").is_file() and set(stats) >= {"AP", "AP50"}
+
+
+def test_grow_plan_only_when_ahead_in_the_first_half():
+    plan = B.make_plan(600.0, "wall", done_steps=10, steps_per_epoch=10, elapsed_s=60, epoch_s=50, eval_s=10,
+                       eval_every=1)  # fmt: skip
+    assert plan.steps == 96
+    # Epochs 2-3 took 40 s instead of 50: at that pace the rest of the budget holds more steps.
+    ahead = B.grow_plan(plan, done_steps=30, elapsed_s=160, epoch_s=40, eval_every=1)
+    assert ahead is not None and ahead.steps > 96 * 1.05 and ahead.planned_at_step == 30
+    kw = {"done_steps": 30, "steps_per_epoch": 10, "elapsed_s": 160, "epoch_s": 40, "eval_s": 10, "eval_every": 1}
+    assert 0.9 * 600 <= B.planned_seconds(ahead.steps, **kw) <= 600
+    assert B.grow_plan(plan, done_steps=30, elapsed_s=178, epoch_s=49, eval_every=1) is None  # within 5 %
+    assert B.grow_plan(plan, done_steps=60, elapsed_s=300, epoch_s=30, eval_every=1) is None  # past half: keep the tail
+
+
+def _simulate(epoch_times: list[float], *, budget_s: float, spe: int, eval_s: float, eval_every: int) -> float:
+    """Drive a `BudgetKeeper` as the training loop does, with epochs of the given durations (the last one repeats);
+    returns the seconds the run took, its final evaluation included."""
+    clock = {"now": 0.0}
+    keeper = B.BudgetKeeper(budget_s / 60, eval_every=eval_every)
+    keeper.clock = B.BudgetClock("wall")
+    keeper.clock.elapsed = lambda: clock["now"]  # type: ignore[method-assign]
+    step, epoch = 0, 0
+    while True:
+        pace = epoch_times[min(epoch, len(epoch_times) - 1)] / spe
+        for _ in range(spe):
+            if keeper.plan is not None and step >= keeper.plan.steps or keeper.out_of_time():
+                return clock["now"] + eval_s
+            clock["now"] += pace
+            step += 1
+        epoch += 1
+        evaluated = epoch == 1 or epoch % eval_every == 0
+        if evaluated:
+            clock["now"] += eval_s
+        keeper.epoch_finished(
+            step, spe, epoch_times[min(epoch - 1, len(epoch_times) - 1)], eval_s if evaluated else None
+        )
+
+
+def test_slow_early_epochs_do_not_leave_the_budget_unused():
+    # A measured CPU run (from_scratch.yaml, 10 min): epoch 1 took 16.0 s, epochs 2-3 16.9 and 17.7 s (the plan shrank
+    # twice), the rest about 14 s. Shrinking alone ended it at 82 % of the budget; growing back in the first half
+    # uses it.
+    used = _simulate([16.0, 16.9, 17.7, 14.0], budget_s=600, spe=28, eval_s=2.4, eval_every=4)
+    assert 0.9 * 600 <= used <= 600
+    # A run that keeps getting slower is never over budget.
+    assert _simulate([16.0, 18.0, 20.0, 24.0, 30.0], budget_s=600, spe=28, eval_s=2.4, eval_every=4) <= 600

@@ -77,7 +77,7 @@ def test_a_cache_that_would_not_fit_is_skipped_with_a_warning(photos, caplog) ->
     assert image.shape == (3, SIZE, SIZE)
 
 
-def test_a_corrupt_image_is_not_cached_and_is_skipped_as_before(photos, tmp_path) -> None:
+def test_a_corrupt_image_is_not_cached_and_is_skipped_as_before(photos, tmp_path, caplog) -> None:
     images = tmp_path / "images"
     images.mkdir()
     for f in photos["images"].iterdir():
@@ -87,7 +87,9 @@ def test_a_corrupt_image_is_not_cached_and_is_skipped_as_before(photos, tmp_path
     (images / bad).write_bytes(b"not a jpeg")
     t = build_train_transforms(SIZE)
     ds = CocoDetection(photos["train"], images, t)
-    assert ds.cache_pixels(SIZE)
+    with caplog.at_level(logging.WARNING):
+        assert ds.cache_pixels(SIZE)
+    assert "skipping bad image" in caplog.text and bad in caplog.text  # said once, where the user sees it
     assert len(ds.pixel_cache) == len(ds) - 1 and 2 not in ds.pixel_cache
     assert str(images / bad) in ds.skipped
     image, target = ds[2]  # the next image stands in, as without the cache

@@ -603,8 +603,8 @@ class CocoDetection(Dataset):
         through `_raw_item`'s size check. Only for training sets: evaluation maps boxes back to the original size.
 
         The cache is filled here, in the calling process, so DataLoader workers forked later share its pages
-        instead of each decoding again. Images that fail to decode are left out (the normal skip-and-report path
-        handles them). When the estimated size (from the JSON's image sizes) is over `max_bytes` (default: half the
+        instead of each decoding again. An image that fails to decode is reported here and left out; training then
+        skips it as it would without the cache. When the estimated size (from the JSON's image sizes) is over `max_bytes` (default: half the
         memory available now, where the OS tells), nothing is cached and a warning says so; returns whether it cached.
         """
         from concurrent.futures import ThreadPoolExecutor
@@ -626,6 +626,7 @@ class CocoDetection(Dataset):
             try:
                 return index, shrink(self._load_pixels(index))
             except ImageLoadError as e:
+                log.warning("skipping bad image (training uses the next one instead): %s", e)
                 self.skipped[str(self.image_path(index))] = str(e)
                 return index, None
 

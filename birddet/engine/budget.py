@@ -9,7 +9,9 @@ plan is recorded (`metrics.jsonl`, `last.pt`), and a resumed run keeps it.
 The measured first epoch also pays for start-up work (the first batches, worker start, allocator warm-up), so the
 plan errs on the short side; `SAFETY_FRACTION` of the budget is kept back for checkpoint writes and timing noise.
 If the run falls behind its plan (another process took the CPU), `shrink_plan` shortens it at the next epoch end,
-so the final weights and `best.pt` are still written inside the budget.
+so the final weights and `best.pt` are still written inside the budget. If it runs ahead (the first epochs were slow
+and later ones are not: on a CPU, early proposals and a busy neighbour both pass), `grow_plan` lengthens it again,
+but only in the first half of the run, so the end of the LR schedule is never stretched.
 
 Clocks: "wall" is elapsed real time (what a user waits for); "cpu" is this process's CPU time (all its threads,
 not those of data-loader worker processes: use `data.workers=0`). The CPU clock makes runs comparable on a machine
@@ -24,10 +26,22 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["BudgetClock", "BudgetKeeper", "BudgetPlan", "evals_for", "make_plan", "plan_steps", "shrink_plan"]
+__all__ = [
+    "BudgetClock",
+    "BudgetKeeper",
+    "BudgetPlan",
+    "evals_for",
+    "grow_plan",
+    "make_plan",
+    "plan_steps",
+    "shrink_plan",
+]
 
 #: Fraction of the budget held back for checkpoint writes and timing noise.
 SAFETY_FRACTION = 0.03
+#: A plan grows only while at most this fraction of it is done, and only by at least `GROW_MIN_FRACTION`.
+GROW_UNTIL = 0.5
+GROW_MIN_FRACTION = 0.05
 #: Never plan more epochs than this (a budget far too large for a tiny set would otherwise plan millions of steps).
 MAX_EPOCHS = 10_000
 
@@ -188,6 +202,29 @@ def shrink_plan(
     return make_plan(plan.budget_s, plan.clock, done_steps=done_steps, eval_s=plan.eval_s, at_most=plan.steps, **kw)
 
 
+def grow_plan(
+    plan: BudgetPlan, *, done_steps: int, elapsed_s: float, epoch_s: float, eval_every: int
+) -> BudgetPlan | None:
+    """A longer plan when the run, at `elapsed_s` after `done_steps`, is ahead of `plan`: at `epoch_s` (the mean
+    epoch since planning, not the last one, so one fast epoch does not count) the budget holds at least
+    `GROW_MIN_FRACTION` more steps. Only while at most `GROW_UNTIL` of the plan is done: a schedule stretched late
+    would lift the LR again just as it should settle. Returns None otherwise.
+    """
+    if done_steps > plan.steps * GROW_UNTIL:
+        return None
+    new = make_plan(
+        plan.budget_s,
+        plan.clock,
+        done_steps=done_steps,
+        steps_per_epoch=plan.steps_per_epoch,
+        elapsed_s=elapsed_s,
+        epoch_s=epoch_s,
+        eval_s=plan.eval_s,
+        eval_every=eval_every,
+    )
+    return new if new.steps >= plan.steps * (1.0 + GROW_MIN_FRACTION) else None
+
+
 class BudgetClock:
     """Seconds spent by this run: wall or process-CPU time, plus what earlier processes of the run spent (resume)."""
 
@@ -229,6 +266,7 @@ class BudgetKeeper:
         self.clock = BudgetClock(clock, elapsed_s)
         self.eval_every = max(1, eval_every)
         self.plan = plan
+        self._paced: list[float] = []  # seconds of each epoch trained since the plan was made (for `grow_plan`)
 
     def elapsed(self) -> float:
         return self.clock.elapsed()
@@ -246,7 +284,8 @@ class BudgetKeeper:
     def epoch_finished(
         self, done_steps: int, steps_per_epoch: int, epoch_s: float, eval_s: float | None
     ) -> BudgetPlan | None:
-        """Plan after the first epoch; afterwards shrink the plan if the run fell behind. Returns a new plan or None."""
+        """Plan after the first epoch; afterwards shrink the plan if the run fell behind, or grow it if it ran ahead
+        in its first half. Returns a new plan or None."""
         elapsed = self.elapsed()
         if self.plan is None:
             if eval_s is None:
@@ -264,9 +303,12 @@ class BudgetKeeper:
             return self.plan
         if eval_s is not None and eval_s > self.plan.eval_s:
             self.plan.eval_s = eval_s
-        new = shrink_plan(
-            self.plan, done_steps=done_steps, elapsed_s=elapsed, epoch_s=epoch_s, eval_every=self.eval_every
-        )
+        self._paced.append(epoch_s)
+        kw = {"done_steps": done_steps, "elapsed_s": elapsed, "eval_every": self.eval_every}
+        # Behind: shrink at once, at the last epoch's pace (never overrun). Ahead: grow, at the mean pace.
+        new = shrink_plan(self.plan, epoch_s=epoch_s, **kw)
+        if new is None:
+            new = grow_plan(self.plan, epoch_s=sum(self._paced) / len(self._paced), **kw)
         if new is not None:
             self.plan = new
         return new
