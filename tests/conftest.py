@@ -1,4 +1,4 @@
-"""Shared backbone fixtures: random ViT weights written in birder's real file format.
+"""Shared fixtures: random ViT weights written in birder's real file format, and photo-shaped synthetic data.
 
 Pretrained files cannot be downloaded in tests, so every backbone test builds its weights here: a preset's
 architecture with all parameters drawn from N(0, 0.05) (the zero-initialised classifier and register tokens would
@@ -16,6 +16,7 @@ import torch
 from birddet.backbone.presets import PRESETS
 from birddet.backbone.vit import ViT
 from birddet.backbone.weights import save_birder_file
+from birddet.data.synthetic import make_synthetic_coco
 
 TINY_PRESET = "vit_reg4_tiny16_rms_avg"
 
@@ -66,3 +67,21 @@ def make_birder_file(tmp_path: Path) -> MakeBirderFile:
 def tiny_birder_file(make_birder_file: MakeBirderFile) -> Path:
     """Random tiny-preset weights (5 classes, trained size 384x384) as a birder `.pt` file."""
     return make_birder_file()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Photos as they arrive, for every test of real shapes: 16:9, 3:1 panorama, 4:3 and 9:16 portrait images with
+    a long side of 192-320 px, half of them EXIF-rotated."""
+    return make_synthetic_coco(
+        tmp_path_factory.mktemp("photos"),
+        num_train=12,
+        num_val=6,
+        preset="realistic",
+        image_size=(192, 320),
+        aspect_ratios=(16 / 9, 3.0, 4 / 3, 9 / 16),
+        bird_frac=(0.15, 0.4),
+        birds_per_image=(1, 3),
+        exif_fraction=0.5,
+        seed=3,
+    )

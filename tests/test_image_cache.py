@@ -1,5 +1,5 @@
 """`data.cache_images`: training images decoded once and kept in RAM at the input size must give the same training
-samples, on every photo shape, as decoding every time; a cache that would not fit is skipped, a corrupt image is
+samples, on every photo shape (the `photos` fixture of conftest.py), as decoding every time; a cache that would not fit is skipped, a corrupt image is
 left to the skip-and-report path."""
 
 from __future__ import annotations
@@ -13,29 +13,11 @@ import pytest
 import torch
 
 from birddet.data.coco import CocoDetection
-from birddet.data.synthetic import make_synthetic_coco
 from birddet.data.transforms import build_train_transforms
 from birddet.engine.trainer import SeededDataset, train
 from tests.test_trainer import tiny_config
 
 SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """16:9, 3:1 panorama, 4:3 and 9:16 portrait photos of 192-320 px, half of them EXIF-rotated."""
-    return make_synthetic_coco(
-        tmp_path_factory.mktemp("photos"),
-        num_train=8,
-        num_val=4,
-        preset="realistic",
-        image_size=(192, 320),
-        aspect_ratios=(16 / 9, 3.0, 4 / 3, 9 / 16),
-        bird_frac=(0.15, 0.4),
-        birds_per_image=(1, 3),
-        exif_fraction=0.5,
-        seed=5,
-    )
 
 
 def _dataset(photos: dict[str, Path], mosaic: float) -> CocoDetection:

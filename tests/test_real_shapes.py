@@ -19,29 +19,11 @@ from PIL import Image
 from test_trainer import tiny_config
 
 from birddet.cli import main
-from birddet.data.synthetic import make_synthetic_coco
 from birddet.engine.checkpoint import load_detector, save_checkpoint
 from birddet.engine.trainer import train
 from birddet.models.detector import build_detector
 
 CATEGORIES = {1: "songbird", 2: "wader", 3: "raptor"}
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """16:9, 3:1 panorama, 4:3 and 9:16 portrait images with a long side of 192-320 px, half of them EXIF-rotated."""
-    return make_synthetic_coco(
-        tmp_path_factory.mktemp("photos"),
-        num_train=12,
-        num_val=6,
-        preset="realistic",
-        image_size=(192, 320),
-        aspect_ratios=(16 / 9, 3.0, 4 / 3, 9 / 16),
-        bird_frac=(0.15, 0.4),
-        birds_per_image=(1, 3),
-        exif_fraction=0.5,
-        seed=3,
-    )
 
 
 def test_the_photo_set_has_the_shapes_it_promises(photos: dict[str, Path]) -> None:
