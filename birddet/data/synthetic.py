@@ -342,16 +342,22 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int 
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
 
 
-def _bird_sprite(
-    rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float]
-) -> tuple[Image.Image, Image.Image]:
-    """Draw a bird, scale it to `bird_frac` of `image_side` wide, randomly face it left; returns (RGB sprite, mask)."""
+def _bird_canvas(rng: np.random.Generator, category_id: int) -> Image.Image:
+    """A bird of the category drawn on a transparent canvas cropped to it, facing left or right at random."""
     canvas = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
     canvas = canvas.crop(canvas.getchannel("A").getbbox())
     if rng.random() < 0.5:
         canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
+    return canvas
+
+
+def _bird_sprite(
+    rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float]
+) -> tuple[Image.Image, Image.Image]:
+    """Draw a bird, scale it to `bird_frac` of `image_side` wide, randomly face it left; returns (RGB sprite, mask)."""
+    canvas = _bird_canvas(rng, category_id)
     target_w = max(8, int(round(rng.uniform(*bird_frac) * image_side)))
     target_h = max(8, int(round(canvas.height * target_w / canvas.width)))
     canvas = canvas.resize((target_w, target_h), Image.BILINEAR)
@@ -526,12 +532,7 @@ def _photo_bird(
     rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float], c: float, light: float
 ) -> tuple[Image.Image, Image.Image]:
     """A cartoon bird made harder: varied colours, turned, foreshortened, shaded top to bottom, maybe motion-blurred."""
-    canvas = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
-    canvas = canvas.crop(canvas.getchannel("A").getbbox())
-    if rng.random() < 0.5:
-        canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
+    canvas = _bird_canvas(rng, category_id)
     canvas = canvas.rotate(float(rng.uniform(-30, 30) * c), resample=Image.BILINEAR, expand=True)
     canvas = canvas.crop(canvas.getchannel("A").getbbox())
     target_w = max(8, int(round(rng.uniform(*bird_frac) * image_side)))
