@@ -160,7 +160,7 @@ class DetectionTask(Task):
 
     def validate(self, model: torch.nn.Module) -> tuple[dict[str, float], Any] | None:
         from birddet.engine.evaluator import evaluate, load_ground_truth
-        from birddet.engine.runner import run_detector
+        from birddet.engine.runner import coco_max_dets, run_detector
 
         t = self.cfg.train
         results = run_detector(
@@ -174,7 +174,9 @@ class DetectionTask(Task):
         )
         if not self.ctx.is_main:
             return None
-        result = evaluate(load_ground_truth(self.val_ann), results)
+        # Scored with as many boxes per image as the model keeps (`birddet eval` uses the same rule), or a flock
+        # of 300 would be scored on its best 100 boxes and `best.pt` chosen on that.
+        result = evaluate(load_ground_truth(self.val_ann), results, max_dets=coco_max_dets(model))
         return {k: float(v) for k, v in result.stats.items()}, result
 
     def describe(self, stats: dict[str, float]) -> str:
