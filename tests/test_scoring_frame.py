@@ -1,5 +1,5 @@
 """Scoring paths that used to give the wrong AP without an error: the image frame, the maxDets cap, unreadable val
-images.
+images and the padding colour.
 
 Most tests here use a *perfect detector*: the torchvision model's forward is replaced by one that finds the white
 rectangles drawn on a black image, in whatever pixels it is given (eval-resized images, tiling windows). Whatever
@@ -24,7 +24,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from birddet.cli import main
 from birddet.data.coco import CocoDetection
-from birddet.data.transforms import build_eval_transforms
+from birddet.data.transforms import build_eval_transforms, build_train_transforms
 from birddet.engine import distributed as D
 from birddet.engine.checkpoint import save_checkpoint
 from birddet.engine.detection import DetectionTask
@@ -252,3 +252,39 @@ def test_run_detector_refuses_a_dataset_that_substitutes_bad_images(tmp_path: Pa
     substituting = CocoDetection(ann, ann.parent / "images", build_eval_transforms(128))
     with pytest.raises(ValueError, match="skip_bad_images=False"):
         run_detector(build_detector(_config(image_size=128), CATEGORIES), substituting)
+
+
+# -- 7. padding is the model's mean in training, eval and predict ------------------------------------------------
+STATS = {"mean": [0.2, 0.5, 0.8], "std": [0.25, 0.2, 0.3]}
+
+
+def test_training_pads_with_the_value_eval_and_predict_pad_with(tmp_path: Path) -> None:
+    ann = _write_split(tmp_path / "data", FRAME_IMAGES, FRAME_BOXES)
+    cfg = _config(image_size=128)
+    cfg.model.rgb_stats = STATS
+    cfg.data.augment.scale_range, cfg.data.augment.hflip, cfg.data.augment.color_jitter = [0.5, 0.5], 0.0, 0.0
+    task = _task(cfg, ann)
+    detector = task.build_model(None).eval()
+    normalize = detector.model.transform.normalize
+    image, _ = task.train_set[0]  # the 16:9 photo at half scale: the bottom and right are padding
+    train_pad = normalize(image)[:, -8:, -8:]
+    # Eval and predict: torchvision pads the normalised batch (a 16:9 image in a 128 px square) with 0.
+    eval_image, _ = CocoDetection(ann, ann.parent / "images", build_eval_transforms(128), skip_bad_images=False)[0]
+    batch = detector.model.transform([eval_image])[0].tensors[0]
+    assert torch.count_nonzero(batch[:, -8:, :]) == 0
+    # The same value up to uint8 rounding of the mean (half a grey level over the std).
+    tolerance = 0.5 / 255 / min(STATS["std"]) + 1e-6
+    assert train_pad.abs().max() <= tolerance, train_pad.abs().amax(dim=(1, 2))
+
+
+def test_mosaic_pads_with_the_models_mean_too() -> None:
+    from birddet.data.transforms import pad_fill
+
+    t = build_train_transforms(64, scale_range=(0.5, 0.5), hflip=0.0, color_jitter=0.0, mosaic=1.0, rgb_stats=STATS)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)
+    extra = [(photo, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))] * 3
+    np.random.seed(0)
+    image, _, _ = t(photo, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), extra)
+    corner = (image[:, -1, -1] * 255).round().tolist()
+    assert corner == list(pad_fill(STATS)) == [51, 128, 204]

@@ -138,6 +138,9 @@ class DetectionTask(Task):
             self.detector = detector_from_checkpoint(ckpt, self.checkpoint_path).train()
         else:
             self.detector = build_detector(self.cfg, self.train_set.category_map.as_dict()).train()
+        # Training pads its crops with the model's own mean, the value eval and predict pad with (torchvision pads
+        # the normalised batch with 0); the stats are known only now (the weights file may name them).
+        self.train_set.transforms.use_rgb_stats(self.detector.config.model.rgb_stats)
         return self.detector
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
