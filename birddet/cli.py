@@ -249,7 +249,7 @@ def _add_tiling_flags(p: argparse.ArgumentParser, *, merge: bool) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="boxes per image (default: the checkpoint's detections_per_img untiled, every merged box tiled)",
+        help="boxes per image, tiled or not (default: the checkpoint's model.roi_heads.detections_per_img)",
     )
 
 

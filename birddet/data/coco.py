@@ -472,9 +472,15 @@ class CocoDetection(Dataset):
       - `image`: float32 tensor `[3, H, W]` in [0, 1], not normalised (the detector's transform normalises);
       - `target["boxes"]`: float32 `[N, 4]` xyxy in pixels of the transformed image, crowd boxes excluded;
       - `target["labels"]`: int64 `[N]` contiguous labels (see `CategoryMap`);
-      - `target["image_id"]`: int, the COCO image id; `target["orig_size"]`: `(h, w)` of the original image;
-      - `target["scale"]`: `(sy, sx)` = transformed size / original size, present when the transform only resizes
-        (no transform, or `build_eval_transforms`); divide predicted boxes by it to get original coordinates.
+      - `target["image_id"]`: int, the COCO image id; `target["orig_size"]`: `(h, w)` of the image's frame;
+      - `target["scale"]`: `(sy, sx)` = transformed size / frame size, present when the transform only resizes
+        (no transform, or `build_eval_transforms`); divide predicted boxes by it to get frame coordinates.
+
+    An image's frame is the JSON's `height` x `width` (`frame`), whatever size the file decodes to: the ground
+    truth is in that frame and pycocotools scores results against it, so every result for an annotated split must
+    be in it too. When the file differs (a dataset resized after labelling, a JSON written for the displayed size),
+    the boxes are mapped onto the decoded pixels for the transform (`_raw_item`), and the evaluation runner maps
+    detections back from the transformed image to `orig_size` with one factor per axis.
 
     `validated` is `(data, report)` from a validation already run on `ann_file` (`birddet.data.check`), so the
     trainer reads and checks each file once.
@@ -484,7 +490,8 @@ class CocoDetection(Dataset):
     Bad images at training time: a file that fails to decode is logged, recorded in `self.skipped`
     (path -> reason; per process, so with DataLoader workers the log is the complete record) and replaced by the
     next index that decodes, so one corrupt file does not end a long run. Pass `skip_bad_images=False` (evaluation)
-    to raise `ImageLoadError` instead, since a substitute would be scored under the wrong image id.
+    to raise `ImageLoadError` instead, since a substitute would be scored under the wrong image id
+    (`engine.runner.run_detector` refuses a dataset that substitutes).
     """
 
     def __init__(
@@ -528,6 +535,11 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def frame(self, index: int) -> tuple[int, int]:
+        """`(height, width)` of image `index` as the JSON gives it: the frame its ground truth and results are in."""
+        info = self.images[self.image_ids[index]]
+        return int(info["height"]), int(info["width"])
+
     def aspect_ratios(self) -> list[float]:
         """Width / height of each image from the JSON (no decoding), in `image_ids` order, for aspect grouping."""
         return [self.images[i]["width"] / self.images[i]["height"] for i in self.image_ids]
@@ -552,18 +564,16 @@ class CocoDetection(Dataset):
     def _load_item(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.image_ids[index]
         pixels, boxes, labels = self._raw_item(index)
-        orig_h, orig_w = pixels.shape[:2]
-        if index in self.pixel_cache:  # cached pixels are shrunk; the original is the size the boxes came in
-            orig_h, orig_w = self.images[image_id]["height"], self.images[image_id]["width"]
-        image, boxes_t, labels_t, scale = self._apply_transforms(pixels, boxes, labels, self._extra_items())
+        frame_h, frame_w = self.frame(index)  # not the decoded size: cached pixels are shrunk, files may be resized
+        image, boxes_t, labels_t, resized_only = self._apply_transforms(pixels, boxes, labels, self._extra_items())
         target = {
             "boxes": torch.as_tensor(np.asarray(boxes_t, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.as_tensor(np.asarray(labels_t, dtype=np.int64)).reshape(-1),
             "image_id": int(image_id),
-            "orig_size": (int(orig_h), int(orig_w)),
+            "orig_size": (frame_h, frame_w),
         }
-        if scale is not None:
-            target["scale"] = scale
+        if resized_only:
+            target["scale"] = (image.shape[-2] / frame_h, image.shape[-1] / frame_w)
         return image, target
 
     def _raw_item(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -652,8 +662,9 @@ class CocoDetection(Dataset):
                 return np.asarray(raw)
         if img.size != expected:
             log.warning(
-                "%s: image is %dx%d but %s says %dx%d (image id %d); rescaling its boxes",
-                path, *img.size, self.ann_file, *expected, info["id"],
+                "%s: image is %dx%d but %s says %dx%d (image id %d); its boxes are rescaled to the file for "
+                "training, and evaluation reports detections in the JSON's %dx%d",
+                path, *img.size, self.ann_file, *expected, info["id"], *expected,
             )  # fmt: skip
         return np.asarray(img)
 
@@ -667,18 +678,15 @@ class CocoDetection(Dataset):
 
     def _apply_transforms(
         self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray, extra: list[Any]
-    ) -> tuple[torch.Tensor, Any, Any, tuple[float, float] | None]:
-        h, w = pixels.shape[:2]
+    ) -> tuple[torch.Tensor, Any, Any, bool]:
+        """The transformed image, boxes and labels, and whether the transform only resized (none does not even that)."""
         if self.transforms is None:
-            return to_tensor(pixels), boxes, labels, (1.0, 1.0)
+            return to_tensor(pixels), boxes, labels, True
         if extra:
             image, boxes_t, labels_t = self.transforms(pixels, boxes, labels, extra)
         else:
             image, boxes_t, labels_t = self.transforms(pixels, boxes, labels)
-        scale = None
-        if getattr(self.transforms, "resize_only", False):
-            scale = (image.shape[-2] / h, image.shape[-1] / w)
-        return image, boxes_t, labels_t, scale
+        return image, boxes_t, labels_t, bool(getattr(self.transforms, "resize_only", False))
 
     @staticmethod
     def collate_fn(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

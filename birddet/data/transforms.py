@@ -9,7 +9,7 @@ Boxes and labels travel together through albumentations (`label_fields=["labels"
 takes its label with it.
 
 Training uses ViTDet's large-scale jitter (LSJ, arXiv 2203.16527 / 2012.07177): resize the longest side to
-`size * s` with `s ~ U(scale_range)`, pad (bottom/right, mean grey) to at least `size x size`, random-crop exactly
+`size * s` with `s ~ U(scale_range)`, pad (bottom/right, the model's mean) to at least `size x size`, random-crop exactly
 `size x size`, then horizontal flip and colour jitter. Hue is not jittered: colour is often what tells bird
 species apart. A box keeps its place only if at least `MIN_VISIBILITY` of its area and `MIN_BOX_SIDE` px per side
 survive the crop: a sliver of a wing is a worse target than none.
@@ -29,11 +29,16 @@ choice comes from NumPy's global RNG, which the trainer seeds per sample, so a s
 Evaluation resizes the longest side to `size` and keeps the aspect ratio, without padding: torchvision's
 `GeneralizedRCNNTransform` pads batches itself, and an unpadded image lets the scale be read off its shape.
 `EvalTransform.scale_for(h, w)` gives the factor; the dataset also stores it per image as `target["scale"]`.
+
+Padding is one value everywhere: the model's normalisation mean (`pad_fill(rgb_stats)`). torchvision pads eval and
+predict batches with 0 after normalising, i.e. with that mean; training pads before normalising, so its LSJ and
+mosaic padding is set from the same stats (`TrainTransform.use_rgb_stats`, called once the model is built). With a
+fixed fill, a weights file whose stats are not ImageNet's would train on one border colour and be tested on another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import albumentations as A
 import cv2
@@ -45,12 +50,11 @@ __all__ = [
     "TrainTransform",
     "build_eval_transforms",
     "build_train_transforms",
+    "pad_fill",
     "paste_boxes",
     "to_tensor",
 ]
 
-#: ImageNet mean in 0..255: padding with it becomes ~0 after the detector's normalisation, i.e. "no signal".
-PAD_FILL = (124, 116, 104)
 #: Fraction of a box's area that must survive a crop for the box (and its label) to be kept.
 MIN_VISIBILITY = 0.3
 #: Boxes thinner than this many pixels after a transform are dropped (they cannot be regressed meaningfully).
@@ -61,6 +65,21 @@ MOSAIC_EXTRA = 3
 #: carries a margin of this fraction of its size, feathered to transparent, so no hard rectangle edge is learnt.
 PASTE_MAX_IOU = 0.05
 PASTE_MARGIN = 0.15
+
+
+def pad_fill(rgb_stats: Mapping[str, Sequence[float]] | None = None) -> tuple[int, int, int]:
+    """The uint8 RGB padding colour for a model normalised with `rgb_stats`: its mean, which the detector's
+    normalisation turns into 0, the value torchvision pads eval and predict batches with. None means the
+    detector's default stats (ImageNet's, `models.detector.IMAGENET_RGB_STATS`)."""
+    if rgb_stats is None:
+        from birddet.models.detector import IMAGENET_RGB_STATS
+
+        rgb_stats = IMAGENET_RGB_STATS
+    mean = [float(m) for m in rgb_stats["mean"]]
+    if len(mean) != 3:
+        raise ValueError(f"rgb_stats mean must have 3 values (R, G, B), got {mean}")
+    r, g, b = (int(round(min(max(m, 0.0), 1.0) * 255)) for m in mean)
+    return r, g, b
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -119,6 +138,14 @@ class TrainTransform(_AlbumentationsDetectionTransform):
         self.mosaic_on = self.mosaic > 0
         self.copy_paste = copy_paste
         self.copy_paste_max = copy_paste_max
+
+    def use_rgb_stats(self, rgb_stats: Mapping[str, Sequence[float]] | None) -> None:
+        """Pad (LSJ and mosaic) with the mean of the model these samples train (`pad_fill`)."""
+        fill = pad_fill(rgb_stats)
+        for pipeline in (self.pipeline, self.mosaic_pipeline):
+            for step in pipeline.transforms if pipeline is not None else ():
+                if isinstance(step, A.PadIfNeeded | A.Mosaic):
+                    step.fill = fill
 
     @property
     def extra_images(self) -> int:
@@ -199,14 +226,12 @@ def _bbox_params(min_visibility: float) -> A.BboxParams:
     )
 
 
-def _lsj_steps(size: int, lo: float, hi: float) -> list[A.BasicTransform]:
-    """Scale by U(lo, hi), pad (bottom/right) to at least `size x size`, random-crop `size x size`."""
+def _lsj_steps(size: int, lo: float, hi: float, fill: tuple[int, int, int]) -> list[A.BasicTransform]:
+    """Scale by U(lo, hi), pad (bottom/right, with `fill`) to at least `size x size`, random-crop `size x size`."""
     return [
         # RandomScale's limits are offsets from 1: factor ~ U(1 + lo', 1 + hi').
         A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
-        A.PadIfNeeded(
-            min_height=size, min_width=size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=PAD_FILL
-        ),
+        A.PadIfNeeded(min_height=size, min_width=size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=fill),
         A.RandomCrop(height=size, width=size, p=1.0),
     ]
 
@@ -220,13 +245,16 @@ def build_train_transforms(
     mosaic: float = 0.0,
     mosaic_off_epochs: int = 0,
     copy_paste: float = 0.0,
+    rgb_stats: Mapping[str, Sequence[float]] | None = None,
 ) -> TrainTransform:
     """ViTDet large-scale jitter to `size x size`, horizontal flip with probability `hflip`, colour jitter.
 
     `color_jitter` is the brightness/contrast/saturation strength (0 disables it); hue is left alone. `mosaic` and
     `copy_paste` are per-sample probabilities (0 disables them); `mosaic_off_epochs` turns mosaic off for the last
-    epochs of a run (see the module docstring).
+    epochs of a run (see the module docstring). Padding is the mean of `rgb_stats`, the model's normalisation
+    (`pad_fill`; None = the detector's default); `TrainTransform.use_rgb_stats` changes it later.
     """
+    fill = pad_fill(rgb_stats)
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if not 0 < lo <= hi:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
@@ -241,7 +269,7 @@ def build_train_transforms(
     if color_jitter > 0:
         cj = float(color_jitter)
         finish.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=0.8))
-    whole = [_longest_side(size), *_lsj_steps(size, lo, hi)]
+    whole = [_longest_side(size), *_lsj_steps(size, lo, hi, fill)]
     mosaic_pipeline = None
     if mosaic > 0:
         tiles = A.Mosaic(
@@ -249,11 +277,11 @@ def build_train_transforms(
             target_size=(size, size),
             cell_shape=(size, size),
             fit_mode="contain",  # each image whole and at evaluation scale; YOLO letterboxes its mosaic tiles too
-            fill=PAD_FILL,
+            fill=fill,
             p=1.0,
         )
         mosaic_pipeline = A.Compose(
-            [tiles, *_lsj_steps(size, lo, hi), *finish], bbox_params=_bbox_params(MIN_VISIBILITY)
+            [tiles, *_lsj_steps(size, lo, hi, fill), *finish], bbox_params=_bbox_params(MIN_VISIBILITY)
         )
     return TrainTransform(
         A.Compose([*whole, *finish], bbox_params=_bbox_params(MIN_VISIBILITY)),

@@ -138,6 +138,9 @@ class DetectionTask(Task):
             self.detector = detector_from_checkpoint(ckpt, self.checkpoint_path).train()
         else:
             self.detector = build_detector(self.cfg, self.train_set.category_map.as_dict()).train()
+        # Training pads its crops with the model's own mean, the value eval and predict pad with (torchvision pads
+        # the normalised batch with 0); the stats are known only now (the weights file may name them).
+        self.train_set.transforms.use_rgb_stats(self.detector.config.model.rgb_stats)
         return self.detector
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -160,7 +163,7 @@ class DetectionTask(Task):
 
     def validate(self, model: torch.nn.Module) -> tuple[dict[str, float], Any] | None:
         from birddet.engine.evaluator import evaluate, load_ground_truth
-        from birddet.engine.runner import run_detector
+        from birddet.engine.runner import coco_max_dets, run_detector
 
         t = self.cfg.train
         results = run_detector(
@@ -174,7 +177,9 @@ class DetectionTask(Task):
         )
         if not self.ctx.is_main:
             return None
-        result = evaluate(load_ground_truth(self.val_ann), results)
+        # Scored with as many boxes per image as the model keeps (`birddet eval` uses the same rule), or a flock
+        # of 300 would be scored on its best 100 boxes and `best.pt` chosen on that.
+        result = evaluate(load_ground_truth(self.val_ann), results, max_dets=coco_max_dets(model))
         return {k: float(v) for k, v in result.stats.items()}, result
 
     def describe(self, stats: dict[str, float]) -> str:

@@ -1,9 +1,15 @@
 """Run a detector over an annotated split and turn its output into COCO results (and, for `birddet eval`, a report).
 
-`run_detector` is shared by the trainer's validation and `birddet eval`: it writes what pycocotools scores, i.e.
-boxes in the ORIGINAL image's pixels (the dataset's eval transform resized the image; the detector's own resize
-is undone by torchvision already) and the dataset's original COCO category ids. Under torchrun each rank runs a
-strided shard and the lists are gathered, so evaluation happens once, on rank 0.
+`run_detector` is shared by the trainer's validation, `birddet eval` and two-stage eval: it writes what pycocotools
+scores, i.e. boxes in each image's FRAME, the JSON's `width` x `height` (`CocoDetection.frame`; the ground truth is
+in it, and a file that decodes to another size must not move the results), and the dataset's original COCO category
+ids. The one rescale from the pixels the detector saw to the frame is `_frame_results` (the detector's own resize
+is undone by torchvision already); `coco_max_dets` is the one rule for how many boxes per image are scored. Under
+torchrun each rank runs a strided shard and the lists are gathered, so evaluation happens once, on rank 0.
+
+Every image of the split is scored under its own id: an image that cannot be decoded stops the run with an
+`InputError` naming it (raised here, in the main process, so it reaches the user as one line even when a
+DataLoader worker hit it), never replaced by another image.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from birddet.data.images import ImageLoadError
 from birddet.engine import distributed as D
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
@@ -57,12 +64,60 @@ def _orig_size(target: dict[str, Any]) -> tuple[int, int]:
 def to_coco_results(
     output: dict[str, torch.Tensor], image: torch.Tensor, target: dict[str, Any], label_to_category: list[int]
 ) -> list[dict[str, Any]]:
-    """One image's detections -> COCO result entries, rescaled from the transformed image to `orig_size`."""
-    if output["boxes"].numel() == 0:
-        return []
-    boxes = rescale_boxes(output["boxes"], tuple(image.shape[-2:]), _orig_size(target))
+    """One image's detections (torchvision's dict, boxes in `image`'s pixels) -> COCO result entries in its frame."""
     categories = [label_to_category[int(label)] for label in output["labels"].tolist()]
-    return coco_results(_image_id(target), boxes, output["scores"].cpu(), categories)
+    return _frame_results(output["boxes"], output["scores"], categories, image, target)
+
+
+def _frame_results(
+    boxes: torch.Tensor, scores: torch.Tensor, categories: list[int], image: torch.Tensor, target: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """xyxy `boxes` in the pixels of `image` (what the detector was given: the eval-resized image, or the decoded
+    file when tiling) -> COCO results in the image's frame `target["orig_size"]`, one factor per axis."""
+    if boxes.numel() == 0:
+        return []
+    framed = rescale_boxes(boxes, tuple(image.shape[-2:]), _orig_size(target))
+    return coco_results(_image_id(target), framed, scores.cpu(), categories)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unreadable:
+    """Stands in for an image that failed to decode, so the main process can stop with a one-line error."""
+
+    image_id: int | None
+    reason: str
+
+
+class _ItemsOrFailures(Dataset):
+    """`dataset[i]`, or `(_Unreadable, None)` when its image cannot be decoded.
+
+    Raised inside a DataLoader worker, the error would reach the user wrapped in a multi-line worker traceback;
+    returned as a value, it is raised by `run_detector` itself (`_check_readable`).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except ImageLoadError as err:
+            ids = getattr(self.dataset, "image_ids", None)
+            return _Unreadable(None if ids is None else int(ids[index]), " ".join(str(err).split())), None
+
+
+def _check_readable(images: tuple[Any, ...], dataset: Dataset) -> None:
+    for image in images:
+        if isinstance(image, _Unreadable):
+            ann = getattr(dataset, "ann_file", "the annotation file")
+            raise InputError(
+                f"{ann}: image id {image.image_id} cannot be decoded: {image.reason.rstrip('.')}. Evaluation scores "
+                "every image of the split under its own id and never substitutes another, so fix or replace the "
+                f"file, or remove image id {image.image_id} and its annotations from {ann}"
+            )
 
 
 @torch.no_grad()
@@ -78,16 +133,20 @@ def run_detector(
     tile: TileOptions | None = None,
     max_dets: int | None = None,
 ) -> list[dict[str, Any]]:
-    """COCO results for every image of `dataset` (`CocoDetection` with eval transforms), on every rank.
+    """COCO results in each image's frame for every image of `dataset`, on every rank.
 
-    `detector` is a `BirdDetector` (or DDP around one); it is put in eval mode and restored afterwards. Each rank
-    runs its own shard; the gathered list is returned everywhere so the caller decides who scores it. With `tile`
-    the dataset must give original-size images (no transform) and `BirdDetector.predict` tiles each one;
-    `max_dets` is the per-image box cap (see `BirdDetector.predict`).
+    `dataset` is a `CocoDetection` with eval transforms built with `skip_bad_images=False` (a substituted image
+    would be scored under another image's id; an unreadable one raises `InputError` here). `detector` is a
+    `BirdDetector` (or DDP around one); it is put in eval mode and restored afterwards. Each rank runs its own
+    shard; the gathered list is returned everywhere so the caller decides who scores it. With `tile` the dataset
+    must give decoded images (no transform) and `BirdDetector.predict` tiles each one; `max_dets` is the per-image
+    box cap, None for the model's `detections_per_img` (`BirdDetector.box_cap`); score with `coco_max_dets`.
     """
+    if getattr(dataset, "skip_bad_images", False):
+        raise ValueError("run_detector needs a dataset built with skip_bad_images=False: evaluation never substitutes")
     module = D.unwrap_model(detector)
     device = torch.device(device) if device is not None else next(module.parameters()).device
-    shard = Subset(dataset, D.shard_indices(len(dataset)))
+    shard = Subset(_ItemsOrFailures(dataset), D.shard_indices(len(dataset)))
     loader = DataLoader(
         shard,
         batch_size=batch_size,
@@ -110,12 +169,13 @@ def run_detector(
             iterator = tqdm(loader, desc="eval", unit="batch", leave=False)
         conf = module.model.roi_heads.score_thresh
         for images, targets in iterator:
+            _check_readable(images, dataset)
             if tile is not None:
-                for pred, tgt in zip(
-                    module.predict(list(images), conf=conf, amp=dtype is not None, tile=tile, max_dets=max_dets),
-                    targets,
-                ):
-                    results.extend(coco_results(_image_id(tgt), pred.boxes, pred.scores, pred.category_ids))
+                predictions = module.predict(
+                    list(images), conf=conf, amp=dtype is not None, tile=tile, max_dets=max_dets
+                )
+                for pred, img, tgt in zip(predictions, images, targets):
+                    results.extend(_frame_results(pred.boxes, pred.scores, pred.category_ids, img, tgt))
                 continue
             batch = [img.to(device, non_blocking=True) for img in images]
             with (
@@ -177,8 +237,8 @@ def evaluate_checkpoint(
     `batch_size` and `amp` default to what the run validated with (`train.eval_batch_size`, `train.amp`), so the
     stats of `birddet eval RUN/best.pt` on the run's val split are the stats in `RUN/metrics.json`.
     Returns None on the other ranks of a torchrun launch (they only run their shard). `tile` runs sliced inference
-    on the original images; `max_dets` caps boxes per image and, above 100, is the `maxDets` COCO scores with
-    (recorded in `metrics.json`), since pycocotools' default 100 would silently drop the rest of a flock.
+    on the decoded images; `max_dets` caps boxes per image (default: the model's `detections_per_img`, tiled or
+    not), and `coco_max_dets` makes pycocotools score as many as were kept (recorded in `metrics.json`).
     """
     from birddet.data.coco import CocoDetection
     from birddet.data.transforms import build_eval_transforms
@@ -203,6 +263,7 @@ def evaluate_checkpoint(
             str(images),
             None if tile is not None else build_eval_transforms(cfg.model.input_size),
             category_map=_category_map(categories),
+            skip_bad_images=False,
         )
         results = run_detector(
             detector,
@@ -220,16 +281,20 @@ def evaluate_checkpoint(
         out = Path(out_dir)
         atomic_write_json(out / "results.json", results)
         coco_gt = load_ground_truth(ann)
-        result = evaluate(coco_gt, results, max_dets=coco_max_dets(max_dets))
+        result = evaluate(coco_gt, results, max_dets=coco_max_dets(detector, max_dets))
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
         return result
     finally:
         D.cleanup(ctx)
 
 
-def coco_max_dets(max_dets: int | None) -> tuple[int, int, int]:
-    """pycocotools' `maxDets` for a per-image box cap: the default (1, 10, 100) unless the cap is above 100."""
-    return (1, 10, max_dets) if max_dets is not None and max_dets > 100 else (1, 10, 100)
+def coco_max_dets(detector: torch.nn.Module, max_dets: int | None = None) -> tuple[int, int, int]:
+    """pycocotools' `maxDets` for what `run_detector(detector, ..., max_dets=max_dets)` wrote: the default
+    (1, 10, 100) unless the per-image cap (`BirdDetector.box_cap`: `max_dets`, else `detections_per_img`) is above
+    100, then (1, 10, cap). Training validation and `birddet eval` both score with it, so a model allowed 1,000
+    boxes per image is not scored on its best 100 only (a perfect detector on 300 birds would get AP 0.34)."""
+    cap = D.unwrap_model(detector).box_cap(max_dets)
+    return (1, 10, cap) if cap > 100 else (1, 10, 100)
 
 
 def _category_map(categories: dict[int, str]) -> Any:

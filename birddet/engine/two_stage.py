@@ -12,7 +12,8 @@ false positive of the species it was given (and its bird a miss of its own speci
 name, case-insensitively (class name, scientific name or, with birder's files, the full class name); a ground-
 truth species the classifier cannot name is an error listing both sets. A classifier that knows more classes
 than the ground truth (the 10,000 iNat21 species) is restricted to the ground truth's species and renormalised,
-as `predict --species-list` does.
+as `predict --species-list` does. Boxes are scored in each image's frame (the JSON's width and height, as detector
+eval scores them; see `engine/runner.py`) and cropped from the decoded file's pixels.
 
 `metrics.json` has detector eval's format (`stats`, `per_class` = per-species AP) plus `two_stage`: the scoring
 rule, and the classifier's top-1 on the detections matched one-to-one to ground truth at IoU 0.5 (greedy by
@@ -153,7 +154,8 @@ def evaluate_two_stage(
     from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
     from birddet.engine.reports import metrics_dict, write_report
-    from birddet.engine.runner import _gt_categories, run_detector
+    from birddet.engine.runner import _gt_categories, coco_max_dets, run_detector
+    from birddet.models.detector import rescale_boxes
     from birddet.pipeline.species import SpeciesClassifier
 
     ctx = D.init_distributed(device)
@@ -170,7 +172,9 @@ def evaluate_two_stage(
         batch_size = batch_size or cfg.train.eval_batch_size
         amp = cfg.train.amp if amp is None else amp
         cmap = CategoryMap.from_dict(gt_categories)
-        dataset = CocoDetection(str(ann), str(images), build_eval_transforms(cfg.model.input_size), category_map=cmap)
+        dataset = CocoDetection(
+            str(ann), str(images), build_eval_transforms(cfg.model.input_size), category_map=cmap, skip_bad_images=False
+        )
         detections = run_detector(
             detector, dataset, batch_size=batch_size, workers=workers, amp=amp, device=ctx.device, progress=True
         )
@@ -184,9 +188,11 @@ def evaluate_two_stage(
             birds = merge_labels(by_image.get(pixels.image_ids[index], []), nms_iou)
             if not birds:
                 continue
-            image, _ = pixels[index]
+            image, target = pixels[index]
             boxes = torch.tensor([d["bbox"] for d in birds], dtype=torch.float32)
             boxes[:, 2:] += boxes[:, :2]
+            # Results are in the image's frame (the JSON's size); the crops come from the decoded file's pixels.
+            boxes = rescale_boxes(boxes, target["orig_size"], tuple(image.shape[-2:]))
             results.extend(
                 species_results(birds, species.probabilities(species.crops(image, boxes)), class_to_category)
             )
@@ -196,7 +202,7 @@ def evaluate_two_stage(
         out = Path(out_dir)
         atomic_write_json(out / "results.json", results)
         coco_gt = load_ground_truth(ann)
-        result = evaluate(coco_gt, results)
+        result = evaluate(coco_gt, results, max_dets=coco_max_dets(detector))
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
         top1, matched = classifier_top1_on_matches(coco_gt, results)
         top1 = None if matched == 0 else top1  # JSON has no NaN

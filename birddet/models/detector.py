@@ -170,10 +170,11 @@ class BirdDetector(nn.Module):
         `tile=SIZE` (or a `TileOptions`) switches to sliced inference for big images with small birds: overlapping
         SIZE x SIZE windows in the image's own pixels, `batch_size` windows per forward, plus the whole image
         resized when `full_image` is set, merged by class-aware `merge` ("nms" or greedy "nmm") with `merge_match`
-        ("iou" or "ios") at `merge_threshold` (see `birddet.pipeline.tiling`). `max_dets` caps the boxes per image:
-        untiled it replaces `model.roi_heads.detections_per_img` for this call (and lifts the RPN's test-time
-        proposal count to at least as many, or 1,000 birds could never come out of 300 proposals); tiled, each
-        window keeps the config's cap and the merged result is cut to `max_dets` (None keeps every merged box).
+        ("iou" or "ios") at `merge_threshold` (see `birddet.pipeline.tiling`). `max_dets` caps the boxes per image
+        (`box_cap`: None means the config's `detections_per_img`, tiled or not): untiled it replaces
+        `model.roi_heads.detections_per_img` for this call (and lifts the RPN's test-time proposal count to at least
+        as many, or 1,000 birds could never come out of 300 proposals); tiled, each window keeps the config's cap
+        and the merged result is cut to the cap.
         """
         from birddet.data.transforms import build_eval_transforms
 
@@ -214,7 +215,11 @@ class BirdDetector(nn.Module):
                     for item in items:
                         image = _image_tensor(item)
                         out = tiled_detect(
-                            image, detect, tile, full_image_size=self.config.model.input_size, max_dets=max_dets
+                            image,
+                            detect,
+                            tile,
+                            full_image_size=self.config.model.input_size,
+                            max_dets=self.box_cap(max_dets),
                         )
                         results.append(self._prediction(out, tuple(image.shape[-2:]), conf))
                     return results
@@ -226,6 +231,11 @@ class BirdDetector(nn.Module):
                 return results
         finally:
             self.train(was_training)
+
+    def box_cap(self, max_dets: int | None = None) -> int:
+        """Boxes kept per image by `predict` and `birddet eval`, tiled or not: `max_dets` when given, else the
+        config's `model.roi_heads.detections_per_img` (the cap the model was trained and validated with)."""
+        return int(max_dets) if max_dets is not None else int(self.config.model.roi_heads.detections_per_img)
 
     @contextlib.contextmanager
     def inference_caps(self, conf: float, max_dets: int | None) -> Iterator[None]:

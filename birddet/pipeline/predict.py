@@ -17,9 +17,14 @@ finished folder only rewrites the outputs; a run without ``--resume`` replaces a
 shard and keeps its own progress file, and rank 0 writes the same output files a one-process run writes (see
 ``birddet.pipeline.shards``).
 
-Detections of an image can depend slightly on which images share its batch (the detector pads a batch to its
-largest image, and the ViT attends over the padding), so a resumed run equals a clean one exactly only when
-batches are the same, e.g. with ``--batch-size 1`` or images of one size.
+The settings recorded for the resume check are every option that changes an image's result: the checkpoint,
+the classifier and its options, ``--conf``, ``--amp`` (bf16 boxes and scores differ from fp32 ones), the box cap
+actually applied (``--max-dets``, else the checkpoint's ``detections_per_img``, tiled or not) and the tiling
+options. ``--batch-size``, ``--workers``, ``--device`` and the output options are not: with ``model.fixed_square``
+(the default) every image is padded to the same square, so its detections do not depend on its batch mates, and a
+device changes results only by float rounding. A model built with ``min_size``/``max_size`` pads a batch to its
+largest image instead, and the ViT attends over that padding, so there a resumed run equals a clean one exactly
+only with ``--batch-size 1``.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ class PredictOptions:
     merge: str = "nms"
     merge_match: str = "iou"
     merge_threshold: float = 0.5
-    # Boxes per image; None = the checkpoint's model.roi_heads.detections_per_img (every merged box when tiled).
+    # Boxes per image; None = the checkpoint's model.roi_heads.detections_per_img (tiled: of the merged boxes).
     max_dets: int | None = None
     # Lowest score drawn by --save-images (the files get everything >= conf): weak boxes make a picture unreadable.
     draw_conf: float = 0.3
@@ -185,6 +190,14 @@ def _collate(
 # -- progress file -------------------------------------------------------------------------------------------
 
 
+_MISSING = object()
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    """A setting's value for the resume error; a progress file written before birddet recorded it says so."""
+    return repr(settings[key]) if key in settings else "(not recorded)"
+
+
 class ProgressLog:
     """Append-only record of finished images in ``OUT/progress.jsonl`` (see the module docstring)."""
 
@@ -220,9 +233,9 @@ class ProgressLog:
         if header.get("birddet_progress") != PROGRESS_VERSION:
             raise InputError(f"{self.path} is not a birddet progress file; delete it or choose another --out")
         old = header.get("settings", {})
-        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k, _MISSING) != self.settings.get(k))
         if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {self.settings.get(k)!r}" for k in changed)
+            detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(self.settings, k)}" for k in changed)
             raise InputError(
                 f"cannot --resume in {self.path.parent}: settings differ from the interrupted run ({detail}); "
                 "use the same options, or drop --resume to start again"
@@ -370,8 +383,11 @@ def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
         logger.warning("could not write annotated image %s: %s", target, exc)
 
 
-def _settings(checkpoint: Path, classifier: SpeciesClassifier | None, options: PredictOptions) -> dict[str, Any]:
-    """The options that change results: a resumed run must use the same ones or its outputs would be mixed."""
+def _settings(
+    checkpoint: Path, detector: BirdDetector, classifier: SpeciesClassifier | None, options: PredictOptions
+) -> dict[str, Any]:
+    """The options that change results (module docstring): a resumed run must use the same ones or its outputs
+    would be mixed."""
     return {
         "checkpoint": str(checkpoint.resolve()),
         "classifier": None if classifier is None else classifier.name,
@@ -383,7 +399,8 @@ def _settings(checkpoint: Path, classifier: SpeciesClassifier | None, options: P
         "common_names": options.common_names,
         "rollup_threshold": options.rollup_threshold,
         "classifier_size": options.classifier_size,
-        "max_dets": options.max_dets,
+        "amp": bool(options.amp),
+        "max_dets": detector.box_cap(options.max_dets),
         # Tiling keys appear only when tiling is on, so progress files from untiled runs stay resumable.
         **(tiling.settings() if (tiling := options.tile_options()) is not None else {"tile": None}),
     }
@@ -418,7 +435,7 @@ def run_prediction(
 
     if options.resume:
         check_resume_layout(out_dir, shard)
-    progress = ProgressLog(out_dir / shard.progress_name, _settings(checkpoint, classifier, options))
+    progress = ProgressLog(out_dir / shard.progress_name, _settings(checkpoint, detector, classifier, options))
     done = progress.start(resume=options.resume)
     finished: dict[str, ImageResult] = {}
     for src in (items[i] for i in mine):
