@@ -8,9 +8,10 @@ Decisions, stated once:
   the inverse, so a round trip is exact. Some tools write 0-based coordinates into VOC files; `zero_based=True`
   (`--zero-based`) reads those unchanged. With the default, a 0-based box touching the left or top edge lands 1 px
   outside the image and is clipped and reported, which is how such a file shows itself.
-- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1`: the label is kept, training does
-  not use it as a target, and COCO evaluation ignores detections on it instead of counting them as false positives,
-  which is what the VOC devkit does with difficult objects. `truncated`, `occluded` and `pose` are not used.
+- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1`: the label is kept, training uses
+  it as an ignore region (neither target nor background, `birddet.models.ignore_regions`), and COCO evaluation
+  ignores detections on it instead of counting them as false positives, which is what the VOC devkit does with
+  difficult objects. `truncated`, `occluded` and `pose` are not used.
 - **Frame.** The COCO file describes every photo as displayed (EXIF orientation applied, like `load_image` and
   `birddet predict`), with the size read from the image header. Labelling tools differ on EXIF-rotated photos: some
   draw on the displayed image, some (those that ignore EXIF) on the stored pixels. `<size>` tells the two apart when
