@@ -384,6 +384,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     voc.add_argument("--out", required=True, help="output COCO JSON")
     voc.add_argument("--images", default=None, help="image root (default: the XML folder; images beside the XML)")
     voc.add_argument("--zero-based", action="store_true", help="coordinates are 0-based, not the VOC devkit's 1-based")
+    voc.add_argument(
+        "--frame",
+        choices=["displayed", "stored"],
+        default="displayed",
+        help="for EXIF-rotated photos whose <size> cannot tell: boxes drawn on the displayed (rotated) image "
+        "(default) or on the stored pixels (tools that ignore EXIF); the summary lists those photos",
+    )
     yolo = fmt.add_parser("yolo", help="YOLO txt dataset (Ultralytics or Roboflow layout)")
     yolo.add_argument("src", help="data.yaml or the folder holding it")
     yolo.add_argument("--out", required=True, help="output folder: one <split>.json per split")
@@ -409,7 +416,10 @@ def _run_convert(args: argparse.Namespace) -> int:
     if args.format == "voc":
         from birddet.data.formats.voc import convert_voc
 
-        print(convert_voc(args.src, args.out, args.images, classes=classes, zero_based=args.zero_based).summary())
+        result = convert_voc(
+            args.src, args.out, args.images, classes=classes, zero_based=args.zero_based, frame=args.frame
+        )
+        print(result.summary())
     elif args.format == "yolo":
         from birddet.data.formats.yolo import convert_yolo
 

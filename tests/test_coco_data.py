@@ -1,5 +1,5 @@
 """COCO loading: structural errors name the ids, bad boxes are repaired or dropped with a warning, and the
-dataset serves torchvision-style targets (contiguous labels, crowd excluded, negatives kept)."""
+dataset serves torchvision-style targets (contiguous labels, crowd boxes as ignore regions, negatives kept)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from birddet.data.coco import CategoryMap, CocoDetection, load_coco_dataset
+from birddet.data.coco import CROWD_LABEL, CategoryMap, CocoDetection, load_coco_dataset
 from birddet.data.sampler import GroupedBatchSampler, create_aspect_ratio_groups
 from birddet.data.transforms import build_eval_transforms
 from birddet.errors import InputError
@@ -133,8 +133,9 @@ def test_dataset_targets_negatives_and_crowd(tmp_path):
     assert len(ds) == 2 and ds.image_ids == [10, 20]
     image, target = ds[0]
     assert image.shape == (3, 50, 100) and image.dtype == torch.float32 and image.max() <= 1.0
-    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 5.0, 30.0, 15.0]]))
-    assert target["labels"].tolist() == [2] and target["labels"].dtype == torch.int64  # 5->1, 17->2, 42->3
+    # the crowd box comes last, labelled CROWD_LABEL: no target, but the detector must not sample it as background
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 5.0, 30.0, 15.0], [0.0, 0.0, 50.0, 50.0]]))
+    assert target["labels"].tolist() == [2, CROWD_LABEL] and target["labels"].dtype == torch.int64  # 5->1, 17->2
     assert target["image_id"] == 10 and target["orig_size"] == (50, 100)
     assert ds.report.num_crowd == 1 and ds.report.num_negative_images == 1
     _, negative = ds[1]

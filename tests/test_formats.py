@@ -86,9 +86,11 @@ def test_voc_quirks_one_based_difficult_exif_size_clip_and_skips(tmp_path):
     assert data["info"]["image_root"] == str(src.absolute()) and result.image_root == src.absolute()
     assert [c["name"] for c in data["categories"]] == ["robin", "wren"]
     sizes = {img["file_name"]: (img["width"], img["height"]) for img in data["images"]}
-    assert sizes == {"a.jpg": (96, 64), "sub/rot.jpg": (48, 80), "raw.jpg": (80, 48), "edge.png": (50, 40)}
+    # raw.jpg's boxes were drawn on the stored pixels: mapped into the displayed (portrait) image, as every record is
+    assert sizes == {"a.jpg": (96, 64), "sub/rot.jpg": (48, 80), "raw.jpg": (48, 80), "edge.png": (50, 40)}
     boxes = _by_file(data)
     assert boxes["a.jpg"] == [("wren", [0.0, 0.0, 10.0, 10.0], 1), ("robin", [10.0, 20.0, 30.0, 30.0], 0)]
+    assert boxes["raw.jpg"] == [("robin", [18.0, 4.0, 26.0, 66.0], 0)]  # stored (4, 4)-(70, 30), turned 90 deg CW
     assert boxes["sub/rot.jpg"] == [("robin", [4.0, 4.0, 26.0, 66.0], 0)]
     assert boxes["edge.png"] == [("robin", [0.0, 1.0, 50.0, 39.0], 0)]  # (-1, 1)-(51, 40) clipped; 2nd dropped
     text = result.summary()

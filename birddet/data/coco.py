@@ -10,8 +10,8 @@ single boxes are repaired or dropped and counted in a `ValidationReport`:
   outside" and dropped: it means the annotation does not belong to this image size.
 - NaN/infinite coordinates and non-positive width or height are dropped.
 - Images without any usable box are kept as negatives (they teach the detector what is not a bird).
-- `iscrowd=1` annotations stay in the raw data (the evaluator needs them to ignore matches) but are never training
-  targets, as in torchvision's references.
+- `iscrowd=1` annotations stay in the raw data (the evaluator needs them to ignore matches) and are never training
+  targets; they reach the detector labelled `CROWD_LABEL` so that it never samples them as background either.
 
 Labels: torchvision wants contiguous labels 1..K with 0 = background; `CategoryMap` translates to and from the
 dataset's own category ids, which are what every output file uses.
@@ -37,6 +37,7 @@ from birddet.data.transforms import to_tensor
 from birddet.errors import InputError
 
 __all__ = [
+    "CROWD_LABEL",
     "CategoryMap",
     "CocoDetection",
     "ValidationReport",
@@ -465,13 +466,17 @@ def _check_file_names(
 # Dataset
 
 
+#: Label of crowd boxes in training targets: not a class, a region the detector must not sample as background.
+CROWD_LABEL = -1
+
+
 class CocoDetection(Dataset):
     """A COCO detection set as torchvision detectors want it.
 
     `dataset[i]` returns `(image, target)`:
       - `image`: float32 tensor `[3, H, W]` in [0, 1], not normalised (the detector's transform normalises);
-      - `target["boxes"]`: float32 `[N, 4]` xyxy in pixels of the transformed image, crowd boxes excluded;
-      - `target["labels"]`: int64 `[N]` contiguous labels (see `CategoryMap`);
+      - `target["boxes"]`: float32 `[N, 4]` xyxy in pixels of the transformed image, crowd boxes last;
+      - `target["labels"]`: int64 `[N]` contiguous labels (see `CategoryMap`), `CROWD_LABEL` for crowd boxes;
       - `target["image_id"]`: int, the COCO image id; `target["orig_size"]`: `(h, w)` of the image's frame;
       - `target["scale"]`: `(sy, sx)` = transformed size / frame size, present when the transform only resizes
         (no transform, or `build_eval_transforms`); divide predicted boxes by it to get frame coordinates.
@@ -669,12 +674,20 @@ class CocoDetection(Dataset):
         return np.asarray(img)
 
     def _targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Non-crowd boxes of an image as xyxy float32 plus their contiguous labels."""
-        anns = [a for a in self.anns_by_image[image_id] if not a.get("iscrowd", 0)]
+        """An image's boxes as xyxy float32 plus their contiguous labels: the training targets first, then the
+        crowd (`iscrowd`, VOC difficult) boxes labelled `CROWD_LABEL`.
+
+        Crowd boxes are no targets, but they travel with the targets through every transform so that the detector
+        can keep anchors and proposals on them out of the background sample (`birddet.models.ignore_regions`).
+        Dropping them, as torchvision's references do, left those birds' pixels to be learnt as background.
+        Targets come first so that the k-th non-crowd annotation is box k (`CocoCrops` relies on it).
+        """
+        anns = self.anns_by_image[image_id]
+        anns = [a for a in anns if not a.get("iscrowd", 0)] + [a for a in anns if a.get("iscrowd", 0)]
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        labels = np.array([self.category_map.to_label(a["category_id"]) for a in anns], dtype=np.int64)
-        return boxes, labels
+        labels = [CROWD_LABEL if a.get("iscrowd", 0) else self.category_map.to_label(a["category_id"]) for a in anns]
+        return boxes, np.array(labels, dtype=np.int64)
 
     def _apply_transforms(
         self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray, extra: list[Any]

@@ -40,6 +40,8 @@ __all__ = [
     "ImageLoadError",
     "image_size",
     "load_image",
+    "stored_size_and_orientation",
+    "stored_to_displayed",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,15 @@ def image_size(path: str | os.PathLike[str], *, apply_exif: bool = True) -> tupl
     portrait size, like `load_image`. Header-level failures raise `ImageLoadError`; truncated pixel data is only
     found by `load_image`.
     """
+    (w, h), orientation = stored_size_and_orientation(path)
+    if apply_exif and orientation in _TRANSPOSING_ORIENTATIONS:
+        return h, w
+    return w, h
+
+
+def stored_size_and_orientation(path: str | os.PathLike[str]) -> tuple[tuple[int, int], int]:
+    """`((width, height), orientation)` from the header: the stored (unrotated) size and the EXIF orientation
+    (1..8, 1 when absent or unreadable), which `load_image` applies to reach the displayed image."""
     path = Path(path)
     _check_file(path)
     with _explained_errors(path, "corrupt image header"), warnings.catch_warnings():
@@ -119,10 +130,38 @@ def image_size(path: str | os.PathLike[str], *, apply_exif: bool = True) -> tupl
         # Reading a header decodes no pixels, so a survey image of any size may report its size.
         with _pillow_pixel_limit(TILED_MAX_IMAGE_PIXELS), Image.open(path) as img:
             w, h = img.size
-            orientation = _exif_orientation(img) if apply_exif else 1
+            orientation = _exif_orientation(img)
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"{path}: image header gives an empty size {w}x{h}")
-    return (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
+    return (w, h), orientation if orientation in range(1, 9) else 1
+
+
+def stored_to_displayed(
+    boxes: np.ndarray, stored_size: tuple[int, int], orientation: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Map xyxy boxes drawn on an image's stored pixels (`stored_size` = (width, height)) into the displayed image
+    that `load_image` returns after applying EXIF `orientation` (1..8); returns the boxes and the displayed size.
+
+    Coordinates are continuous (pixel `i` covers `[i, i + 1]`), so a mirror maps `x` to `W - x`. This is the
+    transpose `ImageOps.exif_transpose` applies to the pixels: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate
+    90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise. Other values are treated as 1 (no change).
+    """
+    w, h = stored_size
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    corners = {  # orientation -> (new x1, new y1, new x2, new y2) before ordering, and the displayed size
+        2: ((w - x2, y1, w - x1, y2), (w, h)),
+        3: ((w - x2, h - y2, w - x1, h - y1), (w, h)),
+        4: ((x1, h - y2, x2, h - y1), (w, h)),
+        5: ((y1, x1, y2, x2), (h, w)),
+        6: ((h - y2, x1, h - y1, x2), (h, w)),
+        7: ((h - y2, w - x2, h - y1, w - x1), (h, w)),
+        8: ((y1, w - x2, y2, w - x1), (h, w)),
+    }
+    if orientation not in corners:
+        return b.copy(), (w, h)
+    coords, size = corners[orientation]
+    return np.stack(coords, axis=1), size
 
 
 def _exif_orientation(img: Image.Image) -> int:

@@ -34,6 +34,7 @@ from birddet.backbone.vit import ViT
 from birddet.backbone.weights import load_backbone
 from birddet.config import Config
 from birddet.errors import InputError
+from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, tiled_detect
 
@@ -447,4 +448,5 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         box_positive_fraction=rh.positive_fraction,
         size_divisible=size_divisible,
     )
-    return BirdDetector(model, categories, cfg)
+    # Crowd / VOC-difficult boxes in the targets are ignore regions, never background (see ignore_regions).
+    return BirdDetector(ignore_crowd_regions(model), categories, cfg)

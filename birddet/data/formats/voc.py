@@ -8,13 +8,18 @@ Decisions, stated once:
   the inverse, so a round trip is exact. Some tools write 0-based coordinates into VOC files; `zero_based=True`
   (`--zero-based`) reads those unchanged. With the default, a 0-based box touching the left or top edge lands 1 px
   outside the image and is clipped and reported, which is how such a file shows itself.
-- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1`: the label is kept, training does
-  not use it as a target, and COCO evaluation ignores detections on it instead of counting them as false positives,
-  which is what the VOC devkit does with difficult objects. `truncated`, `occluded` and `pose` are not used.
-- **Image size.** The real size is read from the image header (EXIF orientation applied, like `load_image`).
-  `<size>` is used only to tell which frame the boxes were drawn in: when it equals the stored, unrotated size of an
-  EXIF-rotated photo (tools that ignore EXIF), the COCO record keeps that size so the dataset loads the unrotated
-  pixels the boxes belong to. A missing or wrong `<size>` is replaced by the real size and reported.
+- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1`: the label is kept, training uses
+  it as an ignore region (neither target nor background, `birddet.models.ignore_regions`), and COCO evaluation
+  ignores detections on it instead of counting them as false positives, which is what the VOC devkit does with
+  difficult objects. `truncated`, `occluded` and `pose` are not used.
+- **Frame.** The COCO file describes every photo as displayed (EXIF orientation applied, like `load_image` and
+  `birddet predict`), with the size read from the image header. Labelling tools differ on EXIF-rotated photos: some
+  draw on the displayed image, some (those that ignore EXIF) on the stored pixels. `<size>` tells the two apart when
+  the rotation swaps width and height (it equals one of the two sizes); boxes drawn on the stored pixels are then
+  mapped into the displayed image (`stored_to_displayed`, all 8 orientations). For a 180 degree rotation, a mirror
+  or a square photo, and when `<size>` is missing or matches neither, nothing in the file can tell: `frame`
+  (`--frame stored|displayed`, default displayed) decides and the summary lists those photos, so a user whose boxes
+  would land on the background learns which option to flip. A missing or wrong `<size>` is reported.
 - **Images.** `<filename>` is looked up beside the XML, then under `images` (mirroring the XML's sub-folder, then
   flat); a name without its extension, or with the wrong one, is matched by stem. `<path>` (an absolute path on the
   labeller's machine) is ignored. XML files that cannot be parsed or whose image is missing are skipped and listed.
@@ -25,14 +30,20 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from birddet.data.formats.builder import CocoBuilder, ConversionResult, relative_to_root
-from birddet.data.images import IMAGE_EXTENSIONS, ImageLoadError, image_size
+from birddet.data.images import IMAGE_EXTENSIONS, ImageLoadError, stored_size_and_orientation, stored_to_displayed
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_text
 
-__all__ = ["convert_voc", "write_voc"]
+__all__ = ["FRAMES", "convert_voc", "write_voc"]
+
+Frame = Literal["stored", "displayed"]
+#: The frames a VOC file's boxes may be drawn in: the image as stored on disk, or as displayed (EXIF applied).
+FRAMES: tuple[Frame, ...] = ("displayed", "stored")
 
 
 def convert_voc(
@@ -42,11 +53,15 @@ def convert_voc(
     *,
     classes: list[str] | None = None,
     zero_based: bool = False,
+    frame: Frame = "displayed",
 ) -> ConversionResult:
     """Convert every `*.xml` under `src` (recursively) into one COCO file `out`; see the module docstring.
 
-    The image root is `images` when given, else `src` (images beside their XML files).
+    The image root is `images` when given, else `src` (images beside their XML files). `frame` says which frame
+    the boxes of an EXIF-rotated photo were drawn in where `<size>` cannot tell (see "Frame" above).
     """
+    if frame not in FRAMES:
+        raise InputError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r} (--frame)")
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src}: VOC annotation folder not found")
@@ -57,7 +72,7 @@ def convert_voc(
     if not root.is_dir():
         raise InputError(f"{root}: image folder not found (--images)")
     builder = CocoBuilder(str(src), classes)
-    unreadable, missing, resized = [], [], []
+    unreadable, missing, resized, undecided = [], [], [], []
     for xml in xmls:
         try:
             tree = ET.parse(xml)
@@ -73,29 +88,63 @@ def convert_voc(
             missing.append(f"{xml.name}: {_text(node, 'filename') or '(no <filename>)'}")
             continue
         try:
-            shown = image_size(image)
-            raw = image_size(image, apply_exif=False)
+            stored, orientation = stored_size_and_orientation(image)
         except ImageLoadError as e:
             unreadable.append(str(e))
             continue
+        shown = stored_to_displayed(np.zeros((0, 4)), stored, orientation)[1]
         declared = _declared_size(node)
-        width, height = raw if declared == raw and raw != shown else shown
-        if declared is not None and declared != (width, height):
-            resized.append(f"{xml.name}: <size> {declared[0]}x{declared[1]}, image {width}x{height}")
+        drawn_on = _frame(declared, stored, shown, orientation)
+        if drawn_on is None:
+            drawn_on = frame
+            undecided.append(f"{xml.name} ({image.name}, orientation {orientation})")
+        size = stored if drawn_on == "stored" else shown
+        if declared is not None and declared != size:
+            resized.append(f"{xml.name}: <size> {declared[0]}x{declared[1]}, image {size[0]}x{size[1]}")
         elif declared is None:
-            resized.append(f"{xml.name}: no <size>, image {width}x{height}")
-        image_id = builder.add_image(relative_to_root(image, root), width, height)
+            resized.append(f"{xml.name}: no <size>, image {size[0]}x{size[1]}")
+        image_id = builder.add_image(relative_to_root(image, root), *shown)
+        to_shown = (stored, orientation) if drawn_on == "stored" else None
         for k, obj in enumerate(node.iter("object"), start=1):
-            _add_object(builder, image_id, obj, f"{xml.name} object {k}", zero_based)
+            _add_object(builder, image_id, obj, f"{xml.name} object {k}", zero_based, to_shown)
     builder.note("unreadable XML or image file(s), skipped", unreadable)
     builder.note("XML file(s) whose image was not found, skipped", missing)
     builder.note("image size(s) taken from the image, not <size>", resized)
+    other = "stored" if frame == "displayed" else "displayed"
+    builder.note(
+        f"EXIF-rotated photo(s) whose <size> cannot tell whether the boxes were drawn on the {FRAME_WORDS['stored']} "
+        f"or the {FRAME_WORDS['displayed']}; taken as drawn on the {FRAME_WORDS[frame]} (--frame {frame}). If "
+        f"their boxes miss the birds, convert again with --frame {other}",
+        undecided,
+    )
     return builder.write(out, root.absolute(), f"Pascal VOC {src}")
 
 
 def _text(node: ET.Element, path: str) -> str | None:
     found = node.find(path)
     return None if found is None or found.text is None else found.text.strip()
+
+
+#: How the summary names each frame.
+FRAME_WORDS: dict[str, str] = {
+    "stored": "stored pixels (a tool that ignores EXIF)",
+    "displayed": "displayed, EXIF-rotated image",
+}
+
+
+def _frame(
+    declared: tuple[int, int] | None, stored: tuple[int, int], shown: tuple[int, int], orientation: int
+) -> Frame | None:
+    """The frame the boxes were drawn in when the file can tell, else None (the caller's `--frame` decides).
+
+    Without an EXIF rotation both frames are the same. With one, `<size>` can only tell them apart when the rotation
+    swaps width and height of a non-square photo and `<size>` equals one of the two sizes.
+    """
+    if orientation == 1:
+        return "displayed"
+    if stored != shown and declared in (stored, shown):
+        return "stored" if declared == stored else "displayed"
+    return None
 
 
 def _declared_size(node: ET.Element) -> tuple[int, int] | None:
@@ -122,7 +171,15 @@ def _find_image(xml: Path, node: ET.Element, xml_root: Path, image_root: Path) -
     return None
 
 
-def _add_object(builder: CocoBuilder, image_id: int, obj: ET.Element, source: str, zero_based: bool) -> None:
+def _add_object(
+    builder: CocoBuilder,
+    image_id: int,
+    obj: ET.Element,
+    source: str,
+    zero_based: bool,
+    to_shown: tuple[tuple[int, int], int] | None,
+) -> None:
+    """Add one `<object>`; `to_shown` = (stored size, EXIF orientation) when its box is in the stored pixels."""
     name = _text(obj, "name")
     if not name:
         builder.notes.append(f"{source}: no <name>, skipped")
@@ -132,8 +189,12 @@ def _add_object(builder: CocoBuilder, image_id: int, obj: ET.Element, source: st
     except ValueError:
         xmin = ymin = xmax = ymax = float("nan")  # dropped and reported by the box check
     shift = 0.0 if zero_based else 1.0
+    box = (xmin - shift, ymin - shift, xmax, ymax)
+    if to_shown is not None:  # 1-based -> continuous first: the shift belongs to the frame the box was drawn in
+        x1, y1, x2, y2 = stored_to_displayed(np.array([box]), *to_shown)[0][0].tolist()
+        box = (x1, y1, x2, y2)
     difficult = (_text(obj, "difficult") or "0") in ("1", "true", "True")
-    builder.add_box(image_id, name, (xmin - shift, ymin - shift, xmax, ymax), source=source, iscrowd=int(difficult))
+    builder.add_box(image_id, name, box, source=source, iscrowd=int(difficult))
 
 
 def write_voc(coco: dict[str, Any], out_dir: str | os.PathLike[str], *, image_root: str | None = None) -> list[Path]:
