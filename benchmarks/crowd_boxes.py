@@ -8,9 +8,10 @@ seed, same steps) is trained three ways and scored on a val split where every bi
 
 - `background` (before issue 18): the marked boxes are no targets and nothing else knows them, so anchors and
   proposals on those birds are sampled as background. Same as deleting the annotations from the training file.
-- `ignored` (birddet's rule): the marked boxes stay `iscrowd=1`; anchors/proposals covering them >= 50 % of their
+- `ignored` (birddet's rule for crowd boxes): the marked boxes stay `iscrowd=1`; anchors/proposals covering them >= 50 % of their
   own area are neither positive nor negative (`birddet.models.ignore_regions`).
-- `positives` (detectron2's VOC loader): the marked boxes are trained as ordinary boxes (`iscrowd` cleared).
+- `positives` (detectron2's VOC loader, and birddet's rule for VOC difficult birds): the marked boxes are trained
+  as ordinary boxes (`iscrowd` cleared; `iscrowd: 1, difficult: 1` trains the same).
 
 Every run is one `birddet train` process with one torch thread, the data loaded in-process and one evaluation at
 the end, so a run is a fixed amount of computation whatever the machine's load; the CPU time is printed per run.

@@ -182,3 +182,44 @@ def test_coverage_threshold_is_the_evaluators(cover: float, label: int) -> None:
     assert crowd_coverage(crowd, proposal).item() == pytest.approx(cover)
     (idx,), (labels,) = heads.assign_targets_to_proposals([proposal], [crowd], [torch.tensor([CROWD_LABEL])])
     assert labels.tolist() == [label] and idx.tolist() == [0]
+
+
+def test_voc_difficult_birds_are_scored_as_ignored_but_trained_as_positives(tmp_path: Path) -> None:
+    """`convert voc` keeps a difficult bird ignored by evaluation (`iscrowd: 1`) and marks it `difficult: 1`, which
+    training learns as an ordinary bird (measured best, docs/data-formats.md); a plain crowd box stays an ignore
+    region. Box order: training boxes first, in file order, then the ignore regions."""
+    from birddet.data.coco import is_ignore_region
+    from birddet.data.formats.voc import convert_voc
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", SIZE, (90, 110, 90)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "xml" / "a.xml").write_text(
+        f"<annotation><filename>a.png</filename><size><width>{SIZE[0]}</width><height>{SIZE[1]}</height></size>"
+        "<object><name>wader</name><difficult>1</difficult><bndbox><xmin>21</xmin><ymin>21</ymin><xmax>90</xmax>"
+        "<ymax>80</ymax></bndbox></object>"
+        "<object><name>songbird</name><difficult>0</difficult><bndbox><xmin>151</xmin><ymin>61</ymin><xmax>200</xmax>"
+        "<ymax>110</ymax></bndbox></object></annotation>"
+    )
+    convert_voc(tmp_path / "xml", tmp_path / "voc.json", tmp_path / "img")
+    coco = json.loads((tmp_path / "voc.json").read_text())
+    difficult, plain = sorted(coco["annotations"], key=lambda a: a["bbox"][0])
+    assert (difficult["iscrowd"], difficult.get("difficult")) == (1, 1)
+    assert (plain["iscrowd"], plain.get("difficult", 0)) == (0, 0)
+    assert not is_ignore_region(difficult) and not is_ignore_region(plain)
+    assert is_ignore_region({"iscrowd": 1}) and not is_ignore_region({"iscrowd": 0, "difficult": 1})
+
+    # a flock's crowd box joins the file: it alone is an ignore region in the training targets
+    names = {c["name"]: c["id"] for c in coco["categories"]}
+    coco["annotations"].append(
+        {"id": 9, "image_id": 1, "category_id": names["songbird"], "bbox": [120.0, 30.0, 115.0, 105.0], "iscrowd": 1}
+    )
+    (tmp_path / "voc.json").write_text(json.dumps(coco))
+    ds = CocoDetection(tmp_path / "voc.json", tmp_path / "img")
+    _, target = ds[0]
+    wader, songbird = ds.category_map.to_label(names["wader"]), ds.category_map.to_label(names["songbird"])
+    assert target["labels"].tolist() == [wader, songbird, CROWD_LABEL]
+    torch.testing.assert_close(
+        target["boxes"],
+        torch.tensor([[20.0, 20.0, 90.0, 80.0], [150.0, 60.0, 200.0, 110.0], [120.0, 30.0, 235.0, 135.0]]),
+    )

@@ -38,6 +38,7 @@ from birddet.errors import InputError
 
 __all__ = [
     "CROWD_LABEL",
+    "is_ignore_region",
     "CategoryMap",
     "CocoDetection",
     "ValidationReport",
@@ -470,6 +471,19 @@ def _check_file_names(
 CROWD_LABEL = -1
 
 
+def is_ignore_region(ann: Mapping[str, Any]) -> bool:
+    """Whether a training annotation is an ignore region (a crowd box) rather than a box to learn.
+
+    `iscrowd: 1` marks two things that evaluation treats alike (pycocotools ignores detections on them) but training
+    must not: a box around a crowd (a flock), which as a positive would teach one box around many birds, and a VOC
+    `difficult` bird (`convert voc` writes `iscrowd: 1, difficult: 1`), which is one real bird. Difficult birds are
+    trained as positives, as detectron2's VOC loader does; `benchmarks/crowd_boxes.py` measured positives at val AP50
+    0.757 against 0.414 for ignoring them and 0.213 for today's background (docs/data-formats.md). Crowd boxes are
+    ignore regions (`birddet.models.ignore_regions`).
+    """
+    return bool(ann.get("iscrowd", 0)) and not ann.get("difficult", 0)
+
+
 class CocoDetection(Dataset):
     """A COCO detection set as torchvision detectors want it.
 
@@ -675,18 +689,18 @@ class CocoDetection(Dataset):
 
     def _targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """An image's boxes as xyxy float32 plus their contiguous labels: the training targets first, then the
-        crowd (`iscrowd`, VOC difficult) boxes labelled `CROWD_LABEL`.
+        crowd boxes (`is_ignore_region`; VOC difficult birds are targets) labelled `CROWD_LABEL`.
 
         Crowd boxes are no targets, but they travel with the targets through every transform so that the detector
         can keep anchors and proposals on them out of the background sample (`birddet.models.ignore_regions`).
         Dropping them, as torchvision's references do, left those birds' pixels to be learnt as background.
-        Targets come first so that the k-th non-crowd annotation is box k (`CocoCrops` relies on it).
+        Targets come first so that the k-th annotation that is no ignore region is box k (`CocoCrops` relies on it).
         """
         anns = self.anns_by_image[image_id]
-        anns = [a for a in anns if not a.get("iscrowd", 0)] + [a for a in anns if a.get("iscrowd", 0)]
+        anns = [a for a in anns if not is_ignore_region(a)] + [a for a in anns if is_ignore_region(a)]
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        labels = [CROWD_LABEL if a.get("iscrowd", 0) else self.category_map.to_label(a["category_id"]) for a in anns]
+        labels = [CROWD_LABEL if is_ignore_region(a) else self.category_map.to_label(a["category_id"]) for a in anns]
         return boxes, np.array(labels, dtype=np.int64)
 
     def _apply_transforms(

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from birddet.config import CropAugmentConfig
-from birddet.data.coco import CocoDetection
+from birddet.data.coco import CocoDetection, is_ignore_region
 from birddet.data.images import ImageLoadError
 from birddet.errors import InputError
 from birddet.models.classifier import CROP_MARGIN, normalize_crops, square_crops
@@ -137,10 +137,10 @@ class CocoCrops(Dataset):
         else:
             self.class_names = list(class_names)
         label_of = self._labels_by_category(names, class_names is None)
-        # (image index, box index within the image's non-crowd boxes, class label)
+        # (image index, box index within the image's training boxes (`is_ignore_region`), class label)
         self.items: list[tuple[int, int, int]] = []
         for i, image_id in enumerate(self.source.image_ids):
-            anns = [a for a in self.source.anns_by_image[image_id] if not a.get("iscrowd", 0)]
+            anns = [a for a in self.source.anns_by_image[image_id] if not is_ignore_region(a)]
             self.items.extend((i, k, label_of[a["category_id"]]) for k, a in enumerate(anns))
         if not self.items:
             raise InputError(f"{self.ann_file} has no boxes to crop (every image is empty or crowd-only)")
@@ -156,7 +156,7 @@ class CocoCrops(Dataset):
                 f"({', '.join(map(repr, self.class_names)) or 'none'}); a classifier needs at least two classes. "
                 "Label boxes with their species (or add a 'not a bird' class)"
             )
-        used = {a["category_id"] for a in self.source.coco["annotations"] if not a.get("iscrowd", 0)}
+        used = {a["category_id"] for a in self.source.coco["annotations"] if not is_ignore_region(a)}
         unknown = sorted(names[c] for c in used if names[c].casefold() not in index)
         if unknown:
             raise InputError(

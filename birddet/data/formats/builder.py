@@ -79,7 +79,14 @@ class CocoBuilder:
         return image_id
 
     def add_box(
-        self, image_id: int, name: str, xyxy: tuple[float, float, float, float], *, source: str, iscrowd: int = 0
+        self,
+        image_id: int,
+        name: str,
+        xyxy: tuple[float, float, float, float],
+        *,
+        source: str,
+        iscrowd: int = 0,
+        difficult: bool = False,
     ) -> None:
         """Add a box given in continuous pixel coordinates (x1, y1, x2, y2) of the image as displayed.
 
@@ -99,6 +106,8 @@ class CocoBuilder:
         ann["bbox"] = box
         ann["area"] = box[2] * box[3]
         ann["iscrowd"] = int(iscrowd)
+        if difficult:  # one real bird, hard to see: scored as ignored, trained as a positive (`is_ignore_region`)
+            ann["iscrowd"], ann["difficult"] = 1, 1
         self.anns.append(ann)
 
     def category_ids(self) -> dict[str, int]:

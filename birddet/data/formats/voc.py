@@ -8,10 +8,10 @@ Decisions, stated once:
   the inverse, so a round trip is exact. Some tools write 0-based coordinates into VOC files; `zero_based=True`
   (`--zero-based`) reads those unchanged. With the default, a 0-based box touching the left or top edge lands 1 px
   outside the image and is clipped and reported, which is how such a file shows itself.
-- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1`: the label is kept, training uses
-  it as an ignore region (neither target nor background, `birddet.models.ignore_regions`), and COCO evaluation
-  ignores detections on it instead of counting them as false positives, which is what the VOC devkit does with
-  difficult objects. `truncated`, `occluded` and `pose` are not used.
+- **`difficult`.** Objects marked `<difficult>1</difficult>` become `iscrowd: 1, difficult: 1`: COCO evaluation
+  ignores detections on them instead of counting them as false positives, which is what the VOC devkit does with
+  difficult objects, and training learns them as ordinary birds (`birddet.data.coco.is_ignore_region`; a plain
+  `iscrowd: 1` box, a crowd, is an ignore region instead). `truncated`, `occluded` and `pose` are not used.
 - **Frame.** The COCO file describes every photo as displayed (EXIF orientation applied, like `load_image` and
   `birddet predict`), with the size read from the image header. Labelling tools differ on EXIF-rotated photos: some
   draw on the displayed image, some (those that ignore EXIF) on the stored pixels. `<size>` tells the two apart when
@@ -194,7 +194,7 @@ def _add_object(
         x1, y1, x2, y2 = stored_to_displayed(np.array([box]), *to_shown)[0][0].tolist()
         box = (x1, y1, x2, y2)
     difficult = (_text(obj, "difficult") or "0") in ("1", "true", "True")
-    builder.add_box(image_id, name, box, source=source, iscrowd=int(difficult))
+    builder.add_box(image_id, name, box, source=source, difficult=difficult)
 
 
 def write_voc(coco: dict[str, Any], out_dir: str | os.PathLike[str], *, image_root: str | None = None) -> list[Path]:
