@@ -2,8 +2,9 @@
 
 `run_detector` is shared by the trainer's validation and `birddet eval`: it writes what pycocotools scores, i.e.
 boxes in the ORIGINAL image's pixels (the dataset's eval transform resized the image; the detector's own resize
-is undone by torchvision already) and the dataset's original COCO category ids. Under torchrun each rank runs a
-strided shard and the lists are gathered, so evaluation happens once, on rank 0.
+is undone by torchvision already) and the dataset's original COCO category ids (the detector's categories matched
+to the dataset's by name, `align_categories`). Under torchrun each rank runs a strided shard and the lists are
+gathered, so evaluation happens once, on rank 0.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -22,6 +23,9 @@ from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 from birddet.models.detector import coco_results, rescale_boxes
 from birddet.pipeline.tiling import TileOptions
+
+if TYPE_CHECKING:
+    from birddet.data.coco import CategoryAlignment
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ def run_detector(
     progress: bool = False,
     tile: TileOptions | None = None,
     max_dets: int | None = None,
+    categories: CategoryAlignment | None = None,
 ) -> list[dict[str, Any]]:
     """COCO results for every image of `dataset` (`CocoDetection` with eval transforms), on every rank.
 
@@ -84,8 +89,17 @@ def run_detector(
     runs its own shard; the gathered list is returned everywhere so the caller decides who scores it. With `tile`
     the dataset must give original-size images (no transform) and `BirdDetector.predict` tiles each one;
     `max_dets` is the per-image box cap (see `BirdDetector.predict`).
+
+    `categories` (the dataset's `category_alignment` with the detector) writes each detection with the dataset's
+    category id for its name and leaves out categories the dataset lacks, so the results score against the file
+    whatever its numbering; None keeps the detector's own ids (two-stage eval, which drops the labels).
     """
     module = D.unwrap_model(detector)
+    if categories is not None and categories.model.as_dict() != module.categories:
+        raise ValueError(
+            f"run_detector: the alignment is for categories {categories.model.as_dict()}, the detector has "
+            f"{module.categories}"
+        )
     device = torch.device(device) if device is not None else next(module.parameters()).device
     shard = Subset(dataset, D.shard_indices(len(dataset)))
     loader = DataLoader(
@@ -127,34 +141,40 @@ def run_detector(
                 results.extend(to_coco_results(out, img, tgt, module.label_to_category))
     finally:
         module.train(was_training)
+    if categories is not None:
+        results = categories.dataset_results(results)
     return D.gather_lists(results)
 
 
 def _gt_categories(ann: str | Path) -> dict[int, str]:
     """Category ids and names of a COCO file, read cheaply (full validation happens in `CocoDetection`)."""
+    return _gt_category_use(ann)[0]
+
+
+def _gt_category_use(ann: str | Path) -> tuple[dict[int, str], set[int]]:
+    """`_gt_categories` plus the category ids the file's annotations use."""
     path = Path(ann)
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; pass the COCO JSON of the split with --ann")
     try:
         data = json.loads(path.read_text())
-        return {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        used = {int(a["category_id"]) for a in data.get("annotations", []) if "category_id" in a}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: cannot read its 'categories' list ({err}); is it a COCO detection file?") from None
+    return categories, used
 
 
-def check_categories(
-    checkpoint_categories: dict[int, str], gt_categories: dict[int, str], *, ann: str, ckpt: str
-) -> None:
-    """The ground truth must use the category ids the detector was trained with, or every score is meaningless."""
-    unknown = sorted(set(gt_categories) - set(checkpoint_categories))
-    if unknown:
-        shown = ", ".join(f"{i} ({gt_categories[i]})" for i in unknown[:5])
-        raise InputError(
-            f"{ann} has category ids the checkpoint {ckpt} was not trained on: {shown}"
-            f"{' ...' if len(unknown) > 5 else ''}; the checkpoint knows "
-            f"{', '.join(f'{k} ({v})' for k, v in list(checkpoint_categories.items())[:5])}. "
-            "Evaluate on a split annotated with the training dataset's categories"
-        )
+def check_categories(checkpoint_categories: dict[int, str], ann: str | Path, *, ckpt: str) -> CategoryAlignment:
+    """Match the ground truth's categories to the checkpoint's by name (`align_categories`), before the detector is
+    built: a category the ground truth's boxes use that the checkpoint does not know makes every score meaningless,
+    while ids that differ for the same name are only a different numbering."""
+    from birddet.data.coco import align_categories
+
+    gt_categories, used = _gt_category_use(ann)
+    return align_categories(
+        checkpoint_categories, gt_categories, used=used, model_source=f"the checkpoint {ckpt}", dataset_source=str(ann)
+    )
 
 
 def evaluate_checkpoint(
@@ -180,7 +200,7 @@ def evaluate_checkpoint(
     on the original images; `max_dets` caps boxes per image and, above 100, is the `maxDets` COCO scores with
     (recorded in `metrics.json`), since pycocotools' default 100 would silently drop the rest of a flock.
     """
-    from birddet.data.coco import CocoDetection
+    from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.transforms import build_eval_transforms
     from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
@@ -190,7 +210,7 @@ def evaluate_checkpoint(
     try:
         ckpt = read_checkpoint(checkpoint)
         categories = {int(k): str(v) for k, v in ckpt["categories"].items()}
-        check_categories(categories, _gt_categories(ann), ann=str(ann), ckpt=str(checkpoint))
+        check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
         detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
         del ckpt
         cfg = detector.config
@@ -202,7 +222,7 @@ def evaluate_checkpoint(
             str(ann),
             str(images),
             None if tile is not None else build_eval_transforms(cfg.model.input_size),
-            category_map=_category_map(categories),
+            category_map=CategoryMap.from_dict(categories),
         )
         results = run_detector(
             detector,
@@ -214,6 +234,7 @@ def evaluate_checkpoint(
             progress=True,
             tile=tile,
             max_dets=max_dets,
+            categories=dataset.category_alignment,
         )
         if not ctx.is_main:
             return None
@@ -230,14 +251,3 @@ def evaluate_checkpoint(
 def coco_max_dets(max_dets: int | None) -> tuple[int, int, int]:
     """pycocotools' `maxDets` for a per-image box cap: the default (1, 10, 100) unless the cap is above 100."""
     return (1, 10, max_dets) if max_dets is not None and max_dets > 100 else (1, 10, 100)
-
-
-def _category_map(categories: dict[int, str]) -> Any:
-    """The data module's `CategoryMap` for the checkpoint's categories, so labels mean what they meant in training."""
-    from birddet.data import coco
-
-    cls = coco.CategoryMap
-    for ctor in ("from_categories", "from_dict"):
-        if hasattr(cls, ctor):
-            return getattr(cls, ctor)(categories)
-    return cls(categories)
