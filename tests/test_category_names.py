@@ -183,3 +183,43 @@ def test_run_metrics_equal_eval_of_best_pt_on_a_renumbered_val(images, tmp_path,
     assert eval_metrics["stats"] == run_metrics["stats"]
     assert eval_metrics["per_class"] == run_metrics["per_class"]
     assert [r["name"] for r in eval_metrics["per_class"]] == ["robin", "wren"]
+
+
+# -- category id 0 ---------------------------------------------------------------------------------------------------
+def test_category_id_0_is_label_1_never_background():
+    det = build_detector(_tiny_config(), {0: "gull", 1: "robin"})
+    assert [det.category_to_label(0), det.category_to_label(1)] == [1, 2]
+    with pytest.raises(InputError):
+        det.category_to_label(2)
+
+
+def test_category_id_0_trains_scores_and_predicts_as_0(images, tmp_path, monkeypatch, capsys):
+    zero_based = {0: "gull", 1: "robin", 2: "wren"}
+    ann = str(_write_split(tmp_path / "zero.json", zero_based))
+    cfg = _tiny_config()
+    cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, 2, 2
+    cfg.data.train.ann = cfg.data.val.ann = ann
+    cfg.data.train.images = cfg.data.val.images = str(images)
+    run = tmp_path / "run"
+    train(cfg, run)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["categories"] == zero_based
+    ds = CocoDetection(ann, images, category_map=CategoryMap.from_dict(zero_based))
+    assert ds[2][1]["labels"].tolist() == [1]  # the gull box (category 0) trains as label 1
+
+    _stub_detector(monkeypatch, zero_based)
+    out = tmp_path / "eval"
+    argv = ["eval", str(run / "best.pt"), "--ann", ann, "--images", str(images), "--out", str(out)]
+    assert main([*argv, "--workers", "0", "--no-plots", "--device", "cpu"]) == 0, capsys.readouterr().err
+    per_class = {r["category_id"]: r for r in json.loads((out / "metrics.json").read_text())["per_class"]}
+    assert per_class[0]["name"] == "gull" and per_class[0]["num_gt"] == 1
+    assert per_class[0]["AP50"] == pytest.approx(1.0)
+    assert any(r["category_id"] == 0 for r in json.loads((out / "results.json").read_text()))
+
+    pred = tmp_path / "pred"
+    argv = ["predict", str(run / "best.pt"), str(images), "--out", str(pred), "--no-classifier", "--device", "cpu"]
+    assert main(argv) == 0, capsys.readouterr().err
+    coco = json.loads((pred / "coco.json").read_text())
+    assert {"id": 0, "name": "gull"} in coco["categories"]
+    gull_image = next(img["id"] for img in coco["images"] if img["file_name"] == "four3.png")
+    assert [a["category_id"] for a in coco["annotations"] if a["image_id"] == gull_image] == [0]
