@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision.models.detection import FasterRCNN
 
 from birddet.cli import main
-from birddet.data.check import check_training_splits
+from birddet.data.check import check_split, check_training_splits
 from birddet.data.coco import CategoryMap, CocoDetection, align_categories
 from birddet.engine.checkpoint import save_checkpoint
 from birddet.engine.trainer import train
@@ -121,6 +121,17 @@ def test_a_used_unknown_name_lists_both_maps_an_unused_one_is_fine():
 def test_two_categories_with_one_name_are_an_error():
     with pytest.raises(InputError, match=r"categories 1 \('Robin'\) and 4 \('robin'\) have the same name"):
         align_categories(MODEL, {1: "Robin", 4: "robin"}, used=set())
+
+
+def test_birddet_check_reports_two_categories_with_one_name(images, tmp_path):
+    ann = _write_split(tmp_path / "dup.json", {1: "gull", 2: "robin", 3: "wren"})
+    data = json.loads(ann.read_text())
+    data["categories"].append({"id": 4, "name": "Robin"})
+    ann.write_text(json.dumps(data))
+    check = check_split(ann, images, role="train")
+    assert not check.ok and "categories 2 ('robin') and 4 ('Robin') have the same name" in check.errors[0]
+    with pytest.raises(InputError, match="have the same name"):
+        check_training_splits((str(ann), str(images)), (str(ann), str(images)))
 
 
 # -- training: check, labels, run vs eval ----------------------------------------------------------------------------

@@ -87,8 +87,9 @@ def check_split(
 ) -> SplitCheck:
     """Validate one COCO split completely; never raises for problems inside the file (see the module docstring).
 
-    `category_map` is the label map the detector will use; categories the file's annotations use outside it are
-    fatal. `read_headers` opens every image header (no decoding) to find unreadable files and size mismatches.
+    `category_map` is the label map the detector will use; categories the file's annotations use outside it (by
+    name) are fatal. Two categories with one name are fatal with or without it. `read_headers` opens every image
+    header (no decoding) to find unreadable files and size mismatches.
     """
     if role not in ROLES:
         raise InputError(f"unknown split role {role!r}; use one of {ROLES}")
@@ -110,6 +111,8 @@ def check_split(
         )
     if category_map is not None:
         _check_categories_known(check, category_map)
+    elif (own := _own_category_map(check)) is not None:  # two categories with one name, found by the same rule
+        _check_categories_known(check, own, model_source=check.ann_file)
     if read_headers and Path(image_root).is_dir():
         _check_headers(check)
     names = {c["id"]: c["name"] for c in data["categories"] if isinstance(c, dict) and "id" in c}
@@ -118,9 +121,9 @@ def check_split(
     return check
 
 
-def _check_categories_known(check: SplitCheck, category_map: CategoryMap, model_source: str = "the model") -> bool:
+def _check_categories_known(check: SplitCheck, category_map: CategoryMap, model_source: str = "the model") -> None:
     """Match the split's categories to the label map by name (`align_categories`, the rule training and eval use);
-    a used category the map lacks, or two categories with one name, is fatal. Returns whether they matched."""
+    a used category the map lacks, or two categories with one name, is fatal."""
     names = {
         c["id"]: c["name"]
         for c in check.data["categories"]
@@ -135,14 +138,25 @@ def _check_categories_known(check: SplitCheck, category_map: CategoryMap, model_
         )
     except InputError as e:  # two categories with one name
         check.errors.append(str(e))
-        return False
+        return
     if alignment.unknown:
         detail = "; ".join(f"category_id {c} in annotation ids {first_ids(used[c])}" for c in alignment.unknown)
         check.errors.append(
             f"{check.ann_file}: categories unknown to the model's label map ({detail}): {alignment.unknown_message()}"
         )
-        return False
-    return True
+
+
+def _own_category_map(check: SplitCheck) -> CategoryMap | None:
+    """The split's usable categories as a label map; None when it has none or repeats an id (already errors)."""
+    cats = [
+        c
+        for c in check.data["categories"]
+        if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
+    ]
+    try:
+        return CategoryMap.from_categories(cats) if cats else None
+    except InputError:
+        return None
 
 
 def _check_headers(check: SplitCheck) -> None:
@@ -192,17 +206,12 @@ def check_training_splits(
     cmap = CategoryMap.from_dict(categories) if categories else None
     train_check = check_split(*train, role="train", category_map=cmap)
     if cmap is None:  # the training file's usable categories, even when it has other problems
-        cats = [
-            c
-            for c in train_check.data["categories"]
-            if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
-        ]
-        try:
-            cmap = CategoryMap.from_categories(cats) if cats else None
-        except InputError:  # duplicate ids: already one of the training file's errors
-            cmap = None
-        if cmap is not None and not _check_categories_known(train_check, cmap, model_source=str(train[0])):
-            cmap = None  # two categories with one name: reported once, for the training file
+        cmap = _own_category_map(train_check)
+        if cmap is not None:
+            try:
+                align_categories(cmap, cmap.as_dict(), used=())
+            except InputError:  # two categories with one name: already one of the training file's errors
+                cmap = None
     val_check = check_split(*val, role="val", category_map=cmap, read_headers=True)
     errors = train_check.errors + val_check.errors
     for split, check in (("train", train_check), ("val", val_check)):
