@@ -95,6 +95,13 @@ def test_an_ambiguous_basename_is_not_guessed(tmp_path):
         score_files(gt, pred)
 
 
+def test_two_results_images_landing_on_one_ground_truth_image_are_an_error(tmp_path):
+    gt = _gt(tmp_path / "gt.json", ids=[1, 2, 3, 4], names=["val/a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    pred = _predict_coco(tmp_path / "coco.json", files=["p/a.jpg", "q/a.jpg", "c.jpg", "d.jpg"])
+    with pytest.raises(InputError, match=r"several images match one image .*p/a\.jpg, q/a\.jpg"):
+        score_files(gt, pred)
+
+
 def test_names_that_partly_match_are_an_error_even_when_the_ids_line_up(tmp_path):
     gt = _gt(tmp_path / "gt.json", ids=[1, 2, 3, 4], names=["a.jpg", "b.jpg", "c.jpg", "other.jpg"])
     pred = _predict_coco(tmp_path / "coco.json")  # d.jpg is not in the ground truth; ids 1..4 all are

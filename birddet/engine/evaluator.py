@@ -321,14 +321,10 @@ def _named(items: list[Any], key: str) -> bool:
     return all(isinstance(i, dict) and _is_int(i.get("id")) and isinstance(i.get(key), str) for i in items)
 
 
-def _norm_name(file_name: str) -> str:
-    return file_name.replace("\\", "/").removeprefix("./")
-
-
 def _match_images(data: dict[str, Any], coco_gt: COCO, where: str, gt_where: str) -> dict[int, int] | None:
     """Results image id -> ground-truth image id, matched by `file_name`; None to keep the results' own ids.
 
-    Exact relative paths first, then a unique basename (the same name once on each side), for results written
+    Exact relative paths first, then a basename that is unique in the ground truth, for results written
     from another root (`predict` run on `photos/val` names `a.jpg` what the ground truth calls `val/a.jpg`). The ids
     are kept when one side has no names, or when no name matches at all but every image id is the ground truth's
     (logged: the names then tell nothing). Otherwise an image with detections that matches nothing is an error.
@@ -339,33 +335,26 @@ def _match_images(data: dict[str, Any], coco_gt: COCO, where: str, gt_where: str
         return None
     if not _named(gt_images, "file_name"):
         return None
+    from birddet.data.formats.predictions import _ImageIndex  # the pseudo-label merge matches names the same way
+
     _checked_ids(images, "images", "image", where)
-    gt_by_name: dict[str, list[int]] = {}
-    gt_by_base: dict[str, list[int]] = {}
-    for img in gt_images:
-        name = _norm_name(img["file_name"])
-        gt_by_name.setdefault(name, []).append(img["id"])
-        gt_by_base.setdefault(name.rsplit("/", 1)[-1], []).append(img["id"])
-    bases = Counter(_norm_name(img["file_name"]).rsplit("/", 1)[-1] for img in images)
+    index = _ImageIndex(gt_images)
     mapping: dict[int, int] = {}
     exact = 0
     unmatched: list[dict[str, Any]] = []
     for img in images:
-        name = _norm_name(img["file_name"])
-        base = name.rsplit("/", 1)[-1]
-        if len(gt_by_name.get(name, ())) == 1:
-            mapping[img["id"]] = gt_by_name[name][0]
-            exact += 1
-        elif name not in gt_by_name and len(gt_by_base.get(base, ())) == 1 and bases[base] == 1:
-            mapping[img["id"]] = gt_by_base[base][0]
-        else:
+        found = index.find(img["file_name"])
+        if found is None:
             unmatched.append(img)
+            continue
+        mapping[img["id"]] = found["id"]
+        exact += img["file_name"] in index.by_name
     twice = [gt for gt, n in Counter(mapping.values()).items() if n > 1]
     if twice:
         names = [img["file_name"] for img in images if mapping.get(img["id"]) in twice]
         raise InputError(
-            f"{where}: several images match one image of {gt_where} ({_ids_text(names)}); each file_name must "
-            "appear once"
+            f"{where}: several images match one image of {gt_where} by file_name or basename ({_ids_text(names)}); "
+            "give each image a name that tells which ground-truth image it is"
         )
     with_dets = {_id_key(a.get("image_id")) for a in data["annotations"] if isinstance(a, dict)} - {None}
     lost = [img for img in unmatched if img["id"] in with_dets]
