@@ -161,7 +161,10 @@ def _gt_category_use(ann: str | Path) -> tuple[dict[int, str], set[int]]:
         categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
         used = {int(a["category_id"]) for a in data.get("annotations", []) if "category_id" in a}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: cannot read its 'categories' list ({err}); is it a COCO detection file?") from None
+        raise InputError(
+            f"{path}: cannot read its 'categories' and the annotations' category_id ({err}); is it a COCO detection "
+            "file?"
+        ) from None
     return categories, used
 
 
