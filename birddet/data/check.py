@@ -5,7 +5,8 @@ One function (`check_split`) finds every problem in a split instead of stopping 
 in one pass. What is fatal depends on the split's role:
 
 - always fatal: malformed records, duplicate or unknown ids, file names escaping the image root, missing image
-  files, and categories that the label map (the training file's, or a resumed checkpoint's) does not know;
+  files, and categories that the label map (the training file's, or a resumed checkpoint's) does not know, matched
+  by name (`align_categories`: a val file may number the same birds differently), or two categories with one name;
 - fatal for a validation split, a warning for a training split: boxes that validation would drop (NaN, zero or
   negative size, far outside the image) and image files whose header cannot be read. Training drops such a box or
   skips such an image and goes on (DESIGN.md: long runs skip and report), but a validation split must be scored
@@ -27,6 +28,7 @@ from birddet.data.coco import (
     MAX_IDS_SHOWN,
     CategoryMap,
     ValidationReport,
+    align_categories,
     escapes_root,
     fatal_message,
     first_ids,
@@ -85,8 +87,9 @@ def check_split(
 ) -> SplitCheck:
     """Validate one COCO split completely; never raises for problems inside the file (see the module docstring).
 
-    `category_map` is the label map the detector will use; categories the file's annotations use outside it are
-    fatal. `read_headers` opens every image header (no decoding) to find unreadable files and size mismatches.
+    `category_map` is the label map the detector will use; categories the file's annotations use outside it (by
+    name) are fatal. Two categories with one name are fatal with or without it. `read_headers` opens every image
+    header (no decoding) to find unreadable files and size mismatches.
     """
     if role not in ROLES:
         raise InputError(f"unknown split role {role!r}; use one of {ROLES}")
@@ -108,6 +111,8 @@ def check_split(
         )
     if category_map is not None:
         _check_categories_known(check, category_map)
+    elif (own := _own_category_map(check)) is not None:  # two categories with one name, found by the same rule
+        _check_categories_known(check, own, model_source=check.ann_file)
     if read_headers and Path(image_root).is_dir():
         _check_headers(check)
     names = {c["id"]: c["name"] for c in data["categories"] if isinstance(c, dict) and "id" in c}
@@ -116,18 +121,42 @@ def check_split(
     return check
 
 
-def _check_categories_known(check: SplitCheck, category_map: CategoryMap) -> None:
-    known = set(category_map.coco_ids)
-    unknown: dict[int, list[int]] = {}
+def _check_categories_known(check: SplitCheck, category_map: CategoryMap, model_source: str = "the model") -> None:
+    """Match the split's categories to the label map by name (`align_categories`, the rule training and eval use);
+    a used category the map lacks, or two categories with one name, is fatal."""
+    names = {
+        c["id"]: c["name"]
+        for c in check.data["categories"]
+        if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
+    }  # bad records are already errors
+    used: dict[int, list[int]] = {}
     for a in check.data["annotations"]:
-        if a["category_id"] not in known:
-            unknown.setdefault(a["category_id"], []).append(a["id"])
-    if unknown:
-        detail = "; ".join(f"category_id {c} in annotation ids {first_ids(ids)}" for c, ids in sorted(unknown.items()))
-        check.errors.append(
-            f"{check.ann_file}: categories unknown to the model's label map {category_map.as_dict()}: {detail}; "
-            "give every split the training file's categories"
+        used.setdefault(a["category_id"], []).append(a["id"])
+    try:
+        alignment = align_categories(
+            category_map, names, used=used, dataset_source=check.ann_file, model_source=model_source, strict=False
         )
+    except InputError as e:  # two categories with one name
+        check.errors.append(str(e))
+        return
+    if alignment.unknown:
+        detail = "; ".join(f"category_id {c} in annotation ids {first_ids(used[c])}" for c in alignment.unknown)
+        check.errors.append(
+            f"{check.ann_file}: categories unknown to the model's label map ({detail}): {alignment.unknown_message()}"
+        )
+
+
+def _own_category_map(check: SplitCheck) -> CategoryMap | None:
+    """The split's usable categories as a label map; None when it has none or repeats an id (already errors)."""
+    cats = [
+        c
+        for c in check.data["categories"]
+        if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
+    ]
+    try:
+        return CategoryMap.from_categories(cats) if cats else None
+    except InputError:
+        return None
 
 
 def _check_headers(check: SplitCheck) -> None:
@@ -170,16 +199,19 @@ def check_training_splits(
     """Validate the train and val splits before training; raise one `InputError` listing every fatal problem in both.
 
     `categories` (a resumed checkpoint's) fixes the label map; otherwise the training file's categories define it.
-    Val image headers are read because evaluation cannot skip a bad image.
+    Either way both splits are matched to it by name, so a split that numbers the same birds differently trains
+    and scores correctly, and one with a bird the map lacks is fatal. Val image headers are read because evaluation
+    cannot skip a bad image.
     """
     cmap = CategoryMap.from_dict(categories) if categories else None
     train_check = check_split(*train, role="train", category_map=cmap)
     if cmap is None:  # the training file's usable categories, even when it has other problems
-        cats = [c for c in train_check.data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)]
-        try:
-            cmap = CategoryMap.from_categories(cats) if cats else None
-        except InputError:  # duplicate ids: already one of the training file's errors
-            cmap = None
+        cmap = _own_category_map(train_check)
+        if cmap is not None:
+            try:
+                align_categories(cmap, cmap.as_dict(), used=())
+            except InputError:  # two categories with one name: already one of the training file's errors
+                cmap = None
     val_check = check_split(*val, role="val", category_map=cmap, read_headers=True)
     errors = train_check.errors + val_check.errors
     for split, check in (("train", train_check), ("val", val_check)):

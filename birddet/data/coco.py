@@ -14,7 +14,10 @@ single boxes are repaired or dropped and counted in a `ValidationReport`:
   targets; they reach the detector labelled `CROWD_LABEL` so that it never samples them as background either.
 
 Labels: torchvision wants contiguous labels 1..K with 0 = background; `CategoryMap` translates to and from the
-dataset's own category ids, which are what every output file uses.
+model's category ids (a COCO id may be 0: it is never confused with the background label). Wherever a model's
+categories meet another file's (a val split, a resumed checkpoint's train split, `birddet eval`'s ground truth, a
+results file in `birddet score`), `align_categories` matches them by name, never by id: ids follow the name, and
+detections are written with the scored file's own ids, which are what every output file uses.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -38,12 +41,15 @@ from birddet.errors import InputError
 
 __all__ = [
     "CROWD_LABEL",
+    "CategoryAlignment",
     "is_ignore_region",
     "CategoryMap",
     "CocoDetection",
     "ValidationReport",
+    "align_categories",
     "escapes_root",
     "first_ids",
+    "format_categories",
     "load_coco_dataset",
     "validate_coco_file",
 ]
@@ -124,6 +130,155 @@ class CategoryMap:
     def _check_label(self, label: int) -> None:
         if not 1 <= int(label) <= len(self.coco_ids):
             raise ValueError(f"label {label} is outside 1..{len(self.coco_ids)} (0 is background)")
+
+
+def _name_key(name: str) -> str:
+    """Category names are compared case-insensitively ("Robin" in one file is "robin" in another)."""
+    return str(name).casefold()
+
+
+def format_categories(categories: Mapping[int, str], limit: int = 20) -> str:
+    """`{1: 'gull', 2: 'robin'}`, cut after `limit` entries, for error messages that list a category map."""
+    items = sorted(categories.items())
+    shown = ", ".join(f"{cid}: {name!r}" for cid, name in items[:limit])
+    return "{" + shown + (f", ... ({len(items)} in all)" if len(items) > limit else "") + "}"
+
+
+def _ids_by_name(categories: Mapping[int, str], source: str) -> dict[str, int]:
+    """Name key -> category id; two categories with one name are an error, since a name must mean one class."""
+    out: dict[str, int] = {}
+    for cid, name in sorted(categories.items()):
+        key = _name_key(name)
+        if key in out:
+            raise InputError(
+                f"{source}: categories {out[key]} ({categories[out[key]]!r}) and {cid} ({name!r}) have the same name "
+                "(names are matched case-insensitively); give each class one category"
+            )
+        out[key] = cid
+    return out
+
+
+@dataclass
+class CategoryAlignment:
+    """A model's categories matched to a dataset's by name: what `align_categories` returns.
+
+    - `to_dataset`: model category id -> the dataset's id for the same name (what pycocotools scores against);
+    - `unscored`: the model's categories the dataset does not have; their detections are left out of scoring;
+    - `unknown`: dataset categories its annotations use that the model does not know (only non-empty with
+      `strict=False`; a caller that collects problems turns `unknown_message()` into its error).
+    """
+
+    model: CategoryMap
+    dataset: dict[int, str]
+    to_dataset: dict[int, int]
+    unscored: dict[int, str]
+    unknown: dict[int, str]
+    model_source: str
+    dataset_source: str
+    to_model: dict[int, int] = field(init=False, repr=False)  # dataset id -> model id (the names both have)
+
+    def __post_init__(self) -> None:
+        self.to_model = {d: m for m, d in self.to_dataset.items()}
+
+    @property
+    def renumbered(self) -> dict[int, int]:
+        """Model id -> dataset id for the shared names whose ids differ."""
+        return {m: d for m, d in self.to_dataset.items() if m != d}
+
+    def label(self, dataset_id: int) -> int:
+        """The detector label (1..K) of a dataset category id: the model's label for the same name."""
+        try:
+            model_id = self.to_model[int(dataset_id)]
+        except KeyError:
+            raise InputError(
+                f"{self.dataset_source}: category id {dataset_id} "
+                f"({self.dataset.get(int(dataset_id), 'not in its categories')!r}) has no category of the same name "
+                f"in {self.model_source} {format_categories(self.model.as_dict())}"
+            ) from None
+        return self.model.to_label(model_id)
+
+    def dataset_results(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """COCO results in the model's category ids -> the dataset's ids; results of `unscored` categories are left
+        out. Unchanged (the same list) when the ids already agree."""
+        if not self.renumbered and not self.unscored:
+            return results
+        out = []
+        for r in results:
+            cid = self.to_dataset.get(int(r["category_id"]))
+            if cid is not None:
+                out.append({**r, "category_id": cid})
+        return out
+
+    def unknown_message(self) -> str:
+        """Why `unknown` is fatal, listing both category maps."""
+        shown = ", ".join(f"{cid} ({name!r})" for cid, name in sorted(self.unknown.items()))
+        return (
+            f"{self.dataset_source} has categories {self.model_source} was not trained on: {shown} "
+            f"({self.model_source} has {format_categories(self.model.as_dict())}, {self.dataset_source} has "
+            f"{format_categories(self.dataset)}); a category is matched by its name (case-insensitively), not by its "
+            "id: rename them to the model's names, or use a model trained on them"
+        )
+
+    def log(self, logger: logging.Logger | None = None) -> None:
+        """Say how the ids were matched: a renumbering as info, model categories left out of scoring as a warning
+        (nothing when both sides number the same names the same way)."""
+        logger = logger or log
+        if self.renumbered:
+            names = self.model.as_dict()
+            pairs = ", ".join(f"{names[m]!r} {m} -> {d}" for m, d in sorted(self.renumbered.items()))
+            logger.info(
+                "%s numbers its categories differently from %s; matched by name, detections are written with the "
+                "dataset's ids: %s", self.dataset_source, self.model_source, pairs,
+            )  # fmt: skip
+        if self.unscored:
+            shown = ", ".join(f"{cid} ({name!r})" for cid, name in sorted(self.unscored.items()))
+            logger.warning(
+                "%s has categories %s lacks: %s; their detections are left out of scoring",
+                self.model_source, self.dataset_source, shown,
+            )  # fmt: skip
+
+
+def align_categories(
+    model: Mapping[int, str] | CategoryMap,
+    dataset: Mapping[int, str],
+    *,
+    used: Collection[int] | None = None,
+    model_source: str = "the model",
+    dataset_source: str = "the dataset",
+    strict: bool = True,
+) -> CategoryAlignment:
+    """Match a model's `{id: name}` to a dataset's `{id: name}` by name: the one rule wherever two category maps meet.
+
+    Why names: files converted separately number their classes in their own order (sorted names, say), so equal ids
+    can mean different birds and equal names with different ids are common. Ids follow the name: training labels
+    of a file come from the model's category of the same name, and detections are written with the dataset's id
+    for their name, since the dataset's own ids are what pycocotools scores. Model categories the dataset lacks are
+    `unscored`. A dataset category that its annotations use (`used`; all of them when None) and the model does not
+    know is an `InputError` listing both maps (or, with `strict=False`, recorded in `unknown`). Two categories with
+    one name on either side are an `InputError`.
+    """
+    cmap = model if isinstance(model, CategoryMap) else CategoryMap.from_dict(model)
+    dataset = {int(k): str(v) for k, v in dataset.items()}
+    model_ids = _ids_by_name(cmap.as_dict(), model_source)
+    dataset_ids = _ids_by_name(dataset, dataset_source)
+    to_dataset = {mid: dataset_ids[key] for key, mid in model_ids.items() if key in dataset_ids}
+    unscored = {mid: name for mid, name in cmap.as_dict().items() if mid not in to_dataset}
+    used_ids = set(dataset) if used is None else {int(c) for c in used}
+    unknown = {
+        cid: name for cid, name in sorted(dataset.items()) if cid in used_ids and _name_key(name) not in model_ids
+    }
+    alignment = CategoryAlignment(
+        model=cmap,
+        dataset=dataset,
+        to_dataset=to_dataset,
+        unscored=unscored,
+        unknown=unknown,
+        model_source=model_source,
+        dataset_source=dataset_source,
+    )
+    if unknown and strict:
+        raise InputError(alignment.unknown_message())
+    return alignment
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -504,6 +659,10 @@ class CocoDetection(Dataset):
     `validated` is `(data, report)` from a validation already run on `ann_file` (`birddet.data.check`), so the
     trainer reads and checks each file once.
 
+    `category_map` is the model's (a checkpoint's, or the training file's for a val split); this file's categories
+    are matched to it by name (`category_alignment`, see `align_categories`), so a file that numbers the same birds
+    differently still gets the model's labels, and a category its boxes use that the model lacks is an `InputError`.
+
     `transforms(image_uint8_hwc, boxes_xyxy, labels) -> (image_tensor, boxes, labels)` (see `data.transforms`).
 
     Bad images at training time: a file that fails to decode is logged, recorded in `self.skipped`
@@ -532,7 +691,12 @@ class CocoDetection(Dataset):
             validated = load_coco_dataset(self.ann_file, self.image_root, check_files=check_files)
         self.coco, self.report = validated
         self.category_map = category_map or CategoryMap.from_categories(self.coco["categories"])
-        self._check_categories_mapped()
+        self.category_alignment = align_categories(
+            self.category_map,
+            {c["id"]: c["name"] for c in self.coco["categories"]},
+            used={a["category_id"] for a in self.coco["annotations"]},
+            dataset_source=str(self.ann_file),
+        )
         self.images = {img["id"]: img for img in self.coco["images"]}
         self.image_ids: list[int] = sorted(self.images)
         self.anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in self.image_ids}
@@ -540,16 +704,6 @@ class CocoDetection(Dataset):
             self.anns_by_image[ann["image_id"]].append(ann)
         self.skipped: dict[str, str] = {}
         self.pixel_cache: dict[int, np.ndarray] = {}
-
-    def _check_categories_mapped(self) -> None:
-        """A given map (from a checkpoint) must know every category this file uses, or labels would be wrong."""
-        used = {a["category_id"] for a in self.coco["annotations"]}
-        unknown = sorted(used - set(self.category_map.coco_ids))
-        if unknown:
-            raise InputError(
-                f"{self.ann_file}: category ids {unknown} are not in the model's categories "
-                f"{self.category_map.as_dict()}; train on matching categories"
-            )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -700,7 +854,7 @@ class CocoDetection(Dataset):
         anns = [a for a in anns if not is_ignore_region(a)] + [a for a in anns if is_ignore_region(a)]
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
-        labels = [CROWD_LABEL if is_ignore_region(a) else self.category_map.to_label(a["category_id"]) for a in anns]
+        labels = [CROWD_LABEL if is_ignore_region(a) else self.category_alignment.label(a["category_id"]) for a in anns]
         return boxes, np.array(labels, dtype=np.int64)
 
     def _apply_transforms(

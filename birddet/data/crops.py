@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from birddet.config import CropAugmentConfig
-from birddet.data.coco import CocoDetection, is_ignore_region
+from birddet.data.coco import CocoDetection, align_categories, is_ignore_region
 from birddet.data.images import ImageLoadError
 from birddet.errors import InputError
 from birddet.models.classifier import CROP_MARGIN, normalize_crops, square_crops
@@ -82,21 +82,6 @@ class CropAugment:
         return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
 
 
-def _category_names(dataset: CocoDetection) -> dict[int, str]:
-    """COCO id -> name of a split, refusing names that differ only in case (they would be one class)."""
-    names = {int(c["id"]): str(c["name"]) for c in dataset.coco["categories"]}
-    seen: dict[str, int] = {}
-    for cid, name in sorted(names.items()):
-        key = name.casefold()
-        if key in seen:
-            raise InputError(
-                f"{dataset.ann_file}: categories {seen[key]} and {cid} are both named {name!r} (names are matched "
-                "case-insensitively); give each class one category"
-            )
-        seen[key] = cid
-    return names
-
-
 class CocoCrops(Dataset):
     """One item per non-crowd box of a COCO split: `(crop, label)`.
 
@@ -131,7 +116,8 @@ class CocoCrops(Dataset):
         self.transforms = augment
         self.skip_bad_images = skip_bad_images
         self.margin = margin
-        names = _category_names(self.source)
+        # two categories with one name (case-insensitively) are refused by `CocoDetection` already
+        names = {int(c["id"]): str(c["name"]) for c in self.source.coco["categories"]}
         if class_names is None:
             self.class_names = [names[cid] for cid in sorted(names)]
         else:
@@ -149,7 +135,8 @@ class CocoCrops(Dataset):
         self.skipped: dict[str, str] = {}
 
     def _labels_by_category(self, names: dict[int, str], defines_classes: bool) -> dict[int, int]:
-        index = {name.casefold(): i for i, name in enumerate(self.class_names)}
+        """Category id -> class index, matched by name with the rule every split and checkpoint uses
+        (`align_categories`: case-insensitive, one name per class)."""
         if defines_classes and len(self.class_names) < 2:
             raise InputError(
                 f"{self.ann_file} has {len(self.class_names)} categor{'y' if len(self.class_names) == 1 else 'ies'} "
@@ -157,14 +144,22 @@ class CocoCrops(Dataset):
                 "Label boxes with their species (or add a 'not a bird' class)"
             )
         used = {a["category_id"] for a in self.source.coco["annotations"] if not is_ignore_region(a)}
-        unknown = sorted(names[c] for c in used if names[c].casefold() not in index)
-        if unknown:
+        alignment = align_categories(
+            dict(enumerate(self.class_names)),
+            names,
+            used=used,
+            model_source="the classifier",
+            dataset_source=str(self.ann_file),
+            strict=False,
+        )
+        if alignment.unknown:
             raise InputError(
-                f"{self.ann_file} has boxes of categories the classifier does not know: {', '.join(unknown)}; "
-                f"the classifier's classes are {', '.join(self.class_names)}. Category names are matched "
-                "case-insensitively: rename them, or train on a split that has them"
+                f"{self.ann_file} has boxes of categories the classifier does not know: "
+                f"{', '.join(sorted(alignment.unknown.values()))}; the classifier's classes are "
+                f"{', '.join(self.class_names)}. Category names are matched case-insensitively: rename them, or "
+                "train on a split that has them"
             )
-        return {cid: index[name.casefold()] for cid, name in names.items() if name.casefold() in index}
+        return alignment.to_model  # a class index is the classifier's "category id"
 
     def _check_every_class_has_boxes(self) -> None:
         counts = self.class_counts()

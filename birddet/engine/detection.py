@@ -27,7 +27,8 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
 
     Every fatal problem in either split is reported in one `InputError` before step 1, rather than the first one
     only, or a bad val box stopping the run at its first evaluation. `categories` (from a checkpoint being resumed)
-    fixes the label mapping; otherwise the training file defines it.
+    fixes the label mapping; otherwise the training file defines it. Both splits are matched to it by name, so their
+    ids may differ from it (see `align_categories`).
     """
     from birddet.data.check import check_training_splits
     from birddet.data.coco import CategoryMap, CocoDetection
@@ -70,6 +71,7 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
         skip_bad_images=False,
         validated=(val_check.data, val_check.report),
     )
+    val_ds.category_alignment.log(logger)
     if len(train_ds) == 0:
         raise InputError(f"{paths.train_ann} has no images to train on")
     if cfg.data.cache_images and tile.size:
@@ -174,6 +176,7 @@ class DetectionTask(Task):
             amp=t.amp,
             device=self.ctx.device,
             tile=val_tile_options(self.cfg),
+            categories=self.val_set.category_alignment,
         )
         if not self.ctx.is_main:
             return None

@@ -3,9 +3,10 @@
 `run_detector` is shared by the trainer's validation, `birddet eval` and two-stage eval: it writes what pycocotools
 scores, i.e. boxes in each image's FRAME, the JSON's `width` x `height` (`CocoDetection.frame`; the ground truth is
 in it, and a file that decodes to another size must not move the results), and the dataset's original COCO category
-ids. The one rescale from the pixels the detector saw to the frame is `_frame_results` (the detector's own resize
-is undone by torchvision already); `coco_max_dets` is the one rule for how many boxes per image are scored. Under
-torchrun each rank runs a strided shard and the lists are gathered, so evaluation happens once, on rank 0.
+ids (the detector's categories matched to the dataset's by name, `align_categories`). The one rescale from the
+pixels the detector saw to the frame is `_frame_results` (the detector's own resize is undone by torchvision
+already); `coco_max_dets` is the one rule for how many boxes per image are scored. Under torchrun each rank runs a
+strided shard and the lists are gathered, so evaluation happens once, on rank 0.
 
 Every image of the split is scored under its own id: an image that cannot be decoded stops the run with an
 `InputError` naming it (raised here, in the main process, so it reaches the user as one line even when a
@@ -18,7 +19,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -29,6 +30,9 @@ from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 from birddet.models.detector import coco_results, rescale_boxes
 from birddet.pipeline.tiling import TileOptions
+
+if TYPE_CHECKING:
+    from birddet.data.coco import CategoryAlignment
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,7 @@ def run_detector(
     progress: bool = False,
     tile: TileOptions | None = None,
     max_dets: int | None = None,
+    categories: CategoryAlignment | None = None,
 ) -> list[dict[str, Any]]:
     """COCO results in each image's frame for every image of `dataset`, on every rank.
 
@@ -141,10 +146,19 @@ def run_detector(
     shard; the gathered list is returned everywhere so the caller decides who scores it. With `tile` the dataset
     must give decoded images (no transform) and `BirdDetector.predict` tiles each one; `max_dets` is the per-image
     box cap, None for the model's `detections_per_img` (`BirdDetector.box_cap`); score with `coco_max_dets`.
+
+    `categories` (the dataset's `category_alignment` with the detector) writes each detection with the dataset's
+    category id for its name and leaves out categories the dataset lacks, so the results score against the file
+    whatever its numbering; None keeps the detector's own ids (two-stage eval, which drops the labels).
     """
     if getattr(dataset, "skip_bad_images", False):
         raise ValueError("run_detector needs a dataset built with skip_bad_images=False: evaluation never substitutes")
     module = D.unwrap_model(detector)
+    if categories is not None and categories.model.as_dict() != module.categories:
+        raise ValueError(
+            f"run_detector: the alignment is for categories {categories.model.as_dict()}, the detector has "
+            f"{module.categories}"
+        )
     device = torch.device(device) if device is not None else next(module.parameters()).device
     shard = Subset(_ItemsOrFailures(dataset), D.shard_indices(len(dataset)))
     loader = DataLoader(
@@ -187,34 +201,43 @@ def run_detector(
                 results.extend(to_coco_results(out, img, tgt, module.label_to_category))
     finally:
         module.train(was_training)
+    if categories is not None:
+        results = categories.dataset_results(results)
     return D.gather_lists(results)
 
 
 def _gt_categories(ann: str | Path) -> dict[int, str]:
     """Category ids and names of a COCO file, read cheaply (full validation happens in `CocoDetection`)."""
+    return _gt_category_use(ann)[0]
+
+
+def _gt_category_use(ann: str | Path) -> tuple[dict[int, str], set[int]]:
+    """`_gt_categories` plus the category ids the file's annotations use."""
     path = Path(ann)
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; pass the COCO JSON of the split with --ann")
     try:
         data = json.loads(path.read_text())
-        return {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        categories = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+        used = {int(a["category_id"]) for a in data.get("annotations", []) if "category_id" in a}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: cannot read its 'categories' list ({err}); is it a COCO detection file?") from None
-
-
-def check_categories(
-    checkpoint_categories: dict[int, str], gt_categories: dict[int, str], *, ann: str, ckpt: str
-) -> None:
-    """The ground truth must use the category ids the detector was trained with, or every score is meaningless."""
-    unknown = sorted(set(gt_categories) - set(checkpoint_categories))
-    if unknown:
-        shown = ", ".join(f"{i} ({gt_categories[i]})" for i in unknown[:5])
         raise InputError(
-            f"{ann} has category ids the checkpoint {ckpt} was not trained on: {shown}"
-            f"{' ...' if len(unknown) > 5 else ''}; the checkpoint knows "
-            f"{', '.join(f'{k} ({v})' for k, v in list(checkpoint_categories.items())[:5])}. "
-            "Evaluate on a split annotated with the training dataset's categories"
-        )
+            f"{path}: cannot read its 'categories' and the annotations' category_id ({err}); is it a COCO detection "
+            "file?"
+        ) from None
+    return categories, used
+
+
+def check_categories(checkpoint_categories: dict[int, str], ann: str | Path, *, ckpt: str) -> CategoryAlignment:
+    """Match the ground truth's categories to the checkpoint's by name (`align_categories`), before the detector is
+    built: a category the ground truth's boxes use that the checkpoint does not know makes every score meaningless,
+    while ids that differ for the same name are only a different numbering."""
+    from birddet.data.coco import align_categories
+
+    gt_categories, used = _gt_category_use(ann)
+    return align_categories(
+        checkpoint_categories, gt_categories, used=used, model_source=f"the checkpoint {ckpt}", dataset_source=str(ann)
+    )
 
 
 def evaluate_checkpoint(
@@ -240,7 +263,7 @@ def evaluate_checkpoint(
     on the decoded images; `max_dets` caps boxes per image (default: the model's `detections_per_img`, tiled or
     not), and `coco_max_dets` makes pycocotools score as many as were kept (recorded in `metrics.json`).
     """
-    from birddet.data.coco import CocoDetection
+    from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.transforms import build_eval_transforms
     from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
@@ -250,7 +273,7 @@ def evaluate_checkpoint(
     try:
         ckpt = read_checkpoint(checkpoint)
         categories = {int(k): str(v) for k, v in ckpt["categories"].items()}
-        check_categories(categories, _gt_categories(ann), ann=str(ann), ckpt=str(checkpoint))
+        check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
         detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
         del ckpt
         cfg = detector.config
@@ -262,7 +285,7 @@ def evaluate_checkpoint(
             str(ann),
             str(images),
             None if tile is not None else build_eval_transforms(cfg.model.input_size),
-            category_map=_category_map(categories),
+            category_map=CategoryMap.from_dict(categories),
             skip_bad_images=False,
         )
         results = run_detector(
@@ -275,6 +298,7 @@ def evaluate_checkpoint(
             progress=True,
             tile=tile,
             max_dets=max_dets,
+            categories=dataset.category_alignment,
         )
         if not ctx.is_main:
             return None
@@ -296,13 +320,3 @@ def coco_max_dets(detector: torch.nn.Module, max_dets: int | None = None) -> tup
     cap = D.unwrap_model(detector).box_cap(max_dets)
     return (1, 10, cap) if cap > 100 else (1, 10, 100)
 
-
-def _category_map(categories: dict[int, str]) -> Any:
-    """The data module's `CategoryMap` for the checkpoint's categories, so labels mean what they meant in training."""
-    from birddet.data import coco
-
-    cls = coco.CategoryMap
-    for ctor in ("from_categories", "from_dict"):
-        if hasattr(cls, ctor):
-            return getattr(cls, ctor)(categories)
-    return cls(categories)

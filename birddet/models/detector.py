@@ -114,18 +114,28 @@ class BirdDetector(nn.Module):
     """
 
     def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
+        from birddet.data.coco import CategoryMap
+
         super().__init__()
         self.model = model
         self.categories = dict(sorted((int(k), str(v)) for k, v in categories.items()))
         self.config = config
-        self.label_to_category = [0, *self.categories]  # index 0 is torchvision's background
+        # Labels <-> COCO ids go through the one `CategoryMap` the datasets use: a category id 0 is label 1, never
+        # torchvision's background label 0.
+        self.category_map = CategoryMap.from_dict(self.categories)
+
+    @property
+    def label_to_category(self) -> list[int]:
+        """COCO id of each label, indexed by label; index 0 (background, never in the model's output) holds -1."""
+        return [-1, *self.category_map.coco_ids]
 
     @property
     def num_classes(self) -> int:
         return len(self.categories)
 
     def category_to_label(self, category_id: int) -> int:
-        return self.label_to_category.index(int(category_id))
+        """The contiguous label (1..K) of a COCO category id; `InputError` for an id the model does not know."""
+        return self.category_map.to_label(category_id)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
         factors = self.config.data.augment.multi_scale
@@ -258,7 +268,7 @@ class BirdDetector(nn.Module):
         """`out`'s boxes are already in the image's pixels (`image_hw`)."""
         keep = out["scores"] >= conf
         labels = out["labels"][keep].tolist()
-        cats = [self.label_to_category[label] for label in labels]
+        cats = [self.category_map.to_coco_id(label) for label in labels]
         return Prediction(
             boxes=out["boxes"][keep].float().cpu(),
             scores=out["scores"][keep].float().cpu(),
