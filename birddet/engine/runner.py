@@ -319,4 +319,3 @@ def coco_max_dets(detector: torch.nn.Module, max_dets: int | None = None) -> tup
     boxes per image is not scored on its best 100 only (a perfect detector on 300 birds would get AP 0.34)."""
     cap = D.unwrap_model(detector).box_cap(max_dets)
     return (1, 10, cap) if cap > 100 else (1, 10, 100)
-
