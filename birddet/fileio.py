@@ -156,6 +156,7 @@ def atomic_path(path: str | os.PathLike[str], *, size: int | None = None) -> Ite
         if isinstance(exc, DiskFullError) or not _is_disk_full(exc):
             raise  # already named (another file of a set), or not a full disk
         written = tmp.stat().st_size if size is None and tmp.exists() else None
+        tmp.unlink(missing_ok=True)  # first, so the free space reported is what the user has once we stop
         raise _disk_full(target, size or written, at_least=size is None) from exc
     finally:
         tmp.unlink(missing_ok=True)
