@@ -120,14 +120,22 @@ def _eval_kwargs(args: argparse.Namespace, out: Path) -> dict[str, object]:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from birddet.runlock import run_lock
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.ann).stem}"
+    if args.classifier and (args.tile is not None or args.max_dets is not None):
+        raise InputError("--tile and --max-dets are not supported with --classifier (two-stage eval) yet")
+    # One run per folder (birddet/runlock.py); under torchrun rank 0 (RANK, set before any group exists) holds it.
+    with run_lock(out, "eval", enabled=int(os.environ.get("RANK", "0")) == 0):
+        if args.classifier:
+            return _run_eval_two_stage(args, out)
+        return _run_eval_detector(args, out)
+
+
+def _run_eval_detector(args: argparse.Namespace, out: Path) -> int:
     from birddet.engine.reports import format_table
     from birddet.engine.runner import evaluate_checkpoint
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{Path(args.ann).stem}"
-    if args.classifier:
-        if args.tile is not None or args.max_dets is not None:
-            raise InputError("--tile and --max-dets are not supported with --classifier (two-stage eval) yet")
-        return _run_eval_two_stage(args, out)
     result = evaluate_checkpoint(
         args.checkpoint, **_eval_kwargs(args, out), tile=_tile_options(args), max_dets=args.max_dets
     )
@@ -215,6 +223,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--resume", action="store_true", help="skip images already finished in OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in OUT (its progress files and outputs are deleted first); without it, "
+        "an OUT holding a run is refused",
+    )
     p.add_argument("--checkpoint-every", type=int, default=500, help="save partial results every N images")
     p.add_argument(
         "--draw-conf", type=float, default=0.3, help="lowest score drawn by --save-images (files keep all >= --conf)"
@@ -274,6 +288,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         resume=args.resume,
+        overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
         draw_conf=args.draw_conf,
         tile=args.tile,

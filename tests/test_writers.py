@@ -228,7 +228,9 @@ def test_write_outputs_uses_fixed_names(tmp_path: Path, results: list[ImageResul
         "csv": "predictions.csv",
     }
     assert all(p.is_file() for p in written.values())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coco.json", "megadetector.json", "predictions.csv"]
+    # The set's manifest (SHA-256 of each file) comes with it; no temporary file is left.
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["coco.json", "manifest.json", "megadetector.json", "predictions.csv"]
 
 
 def test_write_outputs_rejects_unknown_format_before_writing(tmp_path: Path, results: list[ImageResult]) -> None:

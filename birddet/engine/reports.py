@@ -7,7 +7,6 @@ numbers.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from birddet.engine.evaluator import DEFAULT_MAX_DETS, STAT_NAMES, EvalResult
-from birddet.fileio import atomic_write_text
+from birddet.fileio import atomic_write_csv, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +91,12 @@ def write_metrics_json(result: EvalResult, path: str | Path) -> Path:
 
 
 def write_per_class_csv(result: EvalResult, path: str | Path) -> Path:
-    """One row per class: `category_id, name, num_gt, AP, AP50, AR100` (-1 = no ground truth)."""
-    import io
+    """One row per class: `category_id, name, num_gt, AP, AP50, AR100` (-1 = no ground truth).
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in result.per_class:
-        writer.writerow({k: r[k] for k in PER_CLASS_FIELDS})
-    return atomic_write_text(path, buf.getvalue())
+    A class name a spreadsheet would run as a formula (`=...`, `+...`, `-...`, `@...`) gets a leading `'`.
+    """
+    rows = [PER_CLASS_FIELDS, *([r[k] for k in PER_CLASS_FIELDS] for r in result.per_class)]
+    return atomic_write_csv(path, rows, lineterminator="\n")
 
 
 # -- precision/recall curves ----------------------------------------------------------------------------------------

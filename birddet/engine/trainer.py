@@ -15,6 +15,11 @@ What a run folder holds (rank 0 writes everything):
   - `metrics.jsonl` one line per logged step: loss parts, lr, images/s, max memory; `metrics.json` the validation
                     report of `best.pt`; `loss.png` and the task's validation curve.
 
+One run per folder: rank 0 holds `birddet.lock` in it while the run lasts (`birddet/runlock.py`), and a folder
+that holds a run (`last.pt`, `best.pt` or a non-empty `metrics.jsonl`) is only continued with `--resume`.
+`metrics.jsonl` is appended one whole line at a time (`birddet.fileio.append_text`); on resume a last line cut
+short by a kill is dropped with a warning, and the kept lines are rewritten atomically.
+
 Reproducibility: one seed drives model init, sampling and augmentation. The sampler of epoch `e` is seeded with
 `seed + e`, and each sample's augmentation is seeded from (seed, epoch, index), so the data of a step does not
 depend on what ran before it or on the number of loader workers. Together with the RNG states in `last.pt`, a
@@ -50,11 +55,14 @@ from birddet.engine import distributed as D
 from birddet.engine.budget import BudgetKeeper, BudgetPlan
 from birddet.engine.optim import build_scheduler, resize_schedule
 from birddet.errors import InputError, RunStopped
+from birddet.fileio import append_text, atomic_write_text
+from birddet.runlock import run_lock
 
 logger = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+METRICS_LOG = "metrics.jsonl"
 # Keys that may change between a run and its resume: they do not change what is computed.
 RESUME_IGNORED_KEYS = {("data", "workers")}
 
@@ -347,10 +355,8 @@ class Trainer:
         )
         self.state = RunState()
         ckpt = self._read_resume_checkpoint() if resume else None
-        if not resume and (self.out / LAST).exists():
-            raise InputError(
-                f"{self.out} already holds a run ({LAST}); pass --resume to continue it or use a new --out"
-            )
+        if not resume:
+            self._refuse_existing_run()
 
         task.build_data(ckpt)
         self.net = self._build_model(ckpt)
@@ -374,7 +380,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(task.resolved_config(self.net), self.out / "config.yaml")
             if not resume:
-                (self.out / "metrics.jsonl").write_text("")
+                atomic_write_text(self.out / METRICS_LOG, "")
 
     @property
     def best_key(self) -> str:
@@ -382,6 +388,21 @@ class Trainer:
         return f"best_{self.task.metric.lower()}"
 
     # -- setup ---------------------------------------------------------------------------------------------------
+    def _refuse_existing_run(self) -> None:
+        """A new run never writes over another one: any of its files (not only `last.pt`, which appears after the
+        first epoch) means the folder is taken. `config.yaml` alone is not a run: it may be the config given."""
+        log = self.out / METRICS_LOG
+        found = [p.name for p in (self.out / LAST, self.out / BEST) if p.exists()]
+        if log.is_file() and log.stat().st_size > 0:
+            found.append(METRICS_LOG)
+        if not found:
+            return
+        if LAST in found:
+            how = f"pass --resume to continue it (from its {LAST}) or use a new --out"
+        else:
+            how = f"it has no {LAST} to resume from (it stopped before its first epoch ended): delete it or use a new --out"
+        raise InputError(f"{self.out} already holds a run ({', '.join(found)}); {how}")
+
     def _read_resume_checkpoint(self) -> dict[str, Any]:
         path = self.out / LAST
         if not path.is_file():
@@ -440,14 +461,30 @@ class Trainer:
         logger.info("resuming %s at epoch %d, step %d", self.out, s.epoch + 1, s.step)
 
     def _read_log(self) -> list[dict[str, Any]]:
-        """Keep the log lines up to the resumed step; later ones belong to the lost tail of the killed run."""
-        path = self.out / "metrics.jsonl"
+        """Keep the log lines up to the resumed step; later ones belong to the lost tail of the killed run.
+
+        A last line cut short by a kill (or a full disk) is dropped with a warning; a damaged line before it is an
+        error naming the line. The kept lines replace the file atomically.
+        """
+        path = self.out / METRICS_LOG
         if not path.is_file():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows: list[dict[str, Any]] = []
+        for n, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if n == len(lines):
+                    logger.warning("%s: dropping its last line, cut short by an interruption: %.60s", path, line)
+                    continue
+                raise InputError(
+                    f"{path} line {n} is damaged ({line[:60]!r}); delete that line (the log only feeds loss.png) "
+                    "and resume again"
+                ) from None
         rows = [r for r in rows if r.get("step", 0) <= self.state.step]
         if self.ctx.is_main:
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
@@ -569,8 +606,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         self.log_records.append(record)
         if self.ctx.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_text(self.out / METRICS_LOG, json.dumps(record) + "\n")
 
     def _groups(self, batches: list[list[int]]) -> list[list[list[int]]]:
         a = self.cfg.train.accumulate
@@ -767,7 +803,9 @@ def run_training(task: Task, out_dir: Path, *, resume: bool = False) -> dict[str
     """Run `task` into `out_dir` (see the module docstring); returns the summary. Cleans up the process group."""
     try:
         logger.info("rank %d of %d on %s", task.ctx.rank, task.ctx.world_size, task.ctx.device)
-        return Trainer(task, Path(out_dir), resume=resume).fit()
+        # One run per folder: rank 0 holds the folder's lock from before the first check to the end.
+        with run_lock(out_dir, "train", enabled=task.ctx.is_main):
+            return Trainer(task, Path(out_dir), resume=resume).fit()
     finally:
         D.cleanup(task.ctx)
 

@@ -11,7 +11,16 @@ images: the first line records the settings that shape results, each further lin
 resume. ``--resume`` keeps every image that succeeded and **retries images that failed** (a file may have been
 fixed or finished copying since), after checking that the settings match. Ctrl-C writes the final output files
 for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
-finished folder only rewrites the outputs; a run without ``--resume`` replaces an existing progress file.
+finished folder only rewrites the outputs. A full disk stops the run with one line (``progress.jsonl`` keeps
+every finished image; appends are whole lines or nothing).
+
+The output folder belongs to one run (docs/your-files.md): the run holds ``OUT/birddet.lock`` (`birddet.runlock`),
+and a run without ``--resume`` into a folder holding an earlier run (progress files, outputs, manifest) is
+refused unless ``--overwrite`` is given, which deletes those files first. The user's photos are read-only: a run
+that would write any file (an output, a progress file, an annotated copy) over one of its own input files, the
+same file by device and inode, is refused before anything is written, and a ``--out`` inside a SOURCE folder is
+left out of that folder's listing. The output files are written as one set with a manifest
+(`birddet.pipeline.writers.write_outputs`); ``--resume`` warns when a kill left them torn, and rewrites them.
 
 ``torchrun --nproc_per_node=N tools/predict.py ...`` splits the run over N processes: each rank predicts a strided
 shard and keeps its own progress file, and rank 0 writes the same output files a one-process run writes (see
@@ -45,17 +54,26 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from birddet.data.images import MAX_IMAGE_PIXELS, TILED_MAX_IMAGE_PIXELS, load_image
+from birddet.engine import distributed
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
-from birddet.fileio import atomic_path
+from birddet.fileio import append_text, atomic_path, remove_stale_temps
 from birddet.models.detector import BirdDetector
-from birddet.pipeline.shards import check_resume_layout, join, leave, merge_results
-from birddet.pipeline.sources import SourceImage, list_sources
+from birddet.pipeline.shards import Shard, check_resume_layout, join, leave, merge_results
+from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
 from birddet.pipeline.tiling import TileOptions
 from birddet.pipeline.visualize import save_annotated
-from birddet.pipeline.writers import OUTPUT_NAMES, Detection, ImageResult, write_outputs
+from birddet.pipeline.writers import (
+    MANIFEST_NAME,
+    OUTPUT_NAMES,
+    Detection,
+    ImageResult,
+    check_outputs,
+    write_outputs,
+)
+from birddet.runlock import LOCK_NAME, RunLock
 
 __all__ = ["PROGRESS_NAME", "PredictOptions", "run_prediction"]
 
@@ -85,6 +103,8 @@ class PredictOptions:
     device: str = "auto"
     amp: bool = False
     resume: bool = False
+    # Replace an earlier run in the output folder (its progress files, outputs and manifest are deleted first).
+    overwrite: bool = False
     checkpoint_every: int = 500
     # Crop side for the classifier (a multiple of 16); None = the size the classifier file was trained at.
     classifier_size: int | None = None
@@ -127,6 +147,8 @@ class PredictOptions:
         if self.max_dets is not None and self.max_dets < 1:
             raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
         self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
+        if self.resume and self.overwrite:
+            raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if not self.use_classifier and (self.taxon or self.species_list):
             raise InputError("--taxon and --species-list restrict the species classifier; drop --no-classifier")
         if not self.formats:
@@ -260,11 +282,7 @@ class ProgressLog:
         """Append ``results`` in one write and fsync, so a kill loses at most this call's lines."""
         if not results:
             return
-        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_text(self.path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results))
 
 
 # -- the run -------------------------------------------------------------------------------------------------
@@ -370,17 +388,122 @@ def _process_batch(
     return [results[i] for i, _, _ in batch]
 
 
+def _annotated_path(out_dir: Path, file: str) -> Path:
+    """Where ``--save-images`` writes the annotated copy of ``file``: ``OUT/images/<file>`` (+ ``.jpg`` when
+    Pillow cannot write that extension)."""
+    target = out_dir / "images" / file
+    if Image.registered_extensions().get(target.suffix.lower()) is None:
+        target = target.with_name(target.name + ".jpg")
+    return target
+
+
 def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
     """Annotated copy at ``OUT/images/<file>`` of the boxes scoring at least ``draw_conf``; a failure here costs
     the picture, not the run."""
-    target = run.out_dir / "images" / result.file
-    if Image.registered_extensions().get(target.suffix.lower()) is None:
-        target = target.with_name(target.name + ".jpg")
+    target = _annotated_path(run.out_dir, result.file)
     try:
         shown = [d for d in result.detections if d.score >= run.options.draw_conf]
         save_annotated(TF.to_pil_image(image), shown, target, run.taxonomy)
     except (OSError, ValueError) as exc:
         logger.warning("could not write annotated image %s: %s", target, exc)
+
+
+# -- the output folder: the user's photos, one run, an earlier run -------------------------------------------------
+
+
+def _progress_files(out_dir: Path) -> list[Path]:
+    """Every progress file in ``out_dir``: a one-process run's and each rank's of a torchrun run."""
+    return [out_dir / PROGRESS_NAME, *sorted(out_dir.glob("progress.rank*-of-*.jsonl"))]
+
+
+def _run_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier run in ``out_dir`` (progress, outputs, manifest) that exist."""
+    names = (*OUTPUT_NAMES.values(), MANIFEST_NAME)
+    return [p for p in (*_progress_files(out_dir), *(out_dir / n for n in names)) if p.exists()]
+
+
+def _protect_sources(items: Sequence[SourceImage], out_dir: Path, options: PredictOptions) -> None:
+    """Refuse, before anything is written, a run that would write over one of its own input files.
+
+    "The same file" is the same device and inode (what ``os.path.samefile`` compares), so a symlinked folder, a
+    relative path or a hard link is caught as well as the plain case: ``predict ds/images --out ds
+    --save-images`` would put each annotated copy at ``ds/images/<file>``, which is the photo itself.
+    """
+    inputs: dict[tuple[int, int], Path] = {}
+    for src in items:
+        try:
+            st = src.path.stat()
+        except OSError:
+            continue  # a missing list entry: nothing to protect
+        inputs[(st.st_dev, st.st_ino)] = src.path
+    fixed = (LOCK_NAME, MANIFEST_NAME, *OUTPUT_NAMES.values())
+    targets = [(out_dir / name, "an output file") for name in fixed]
+    targets += [(p, "a progress file") for p in _progress_files(out_dir)]
+    if options.save_images:
+        targets += [(_annotated_path(out_dir, src.file), "its annotated copy, --save-images") for src in items]
+    hits: list[tuple[Path, str, Path]] = []
+    for target, what in targets:
+        try:
+            st = target.stat()
+        except OSError:
+            continue
+        if (source := inputs.get((st.st_dev, st.st_ino))) is not None:
+            hits.append((target, what, source))
+    if hits:
+        target, what, source = hits[0]
+        more = f" ({len(hits)} source files in all)" if len(hits) > 1 else ""
+        raise InputError(
+            f"refusing to write {target} ({what}): it is the source file {source}{more}; birddet never writes "
+            "over its input files: choose an --out folder that does not hold the photos"
+        )
+
+
+def _claim_folder(out_dir: Path, items: Sequence[SourceImage], options: PredictOptions, shard: Shard) -> RunLock | None:
+    """Rank 0 checks the sources are safe, takes the folder's lock and checks for an earlier run; every rank
+    gets rank 0's verdict, so no rank touches a progress file of a folder another run holds."""
+    lock: RunLock | None = None
+    failure: InputError | None = None
+    if shard.is_main:
+        try:
+            _protect_sources(items, out_dir, options)
+            lock = RunLock(out_dir, "predict").acquire()
+            remove_stale_temps(out_dir / "images", recursive=True)  # annotated copies cut short by a kill
+            earlier = _run_files(out_dir)
+            if earlier and not options.resume and not options.overwrite:
+                raise InputError(
+                    f"{out_dir} already holds a prediction run ({', '.join(p.name for p in earlier)}); pass "
+                    "--resume to continue it, --overwrite to replace it, or choose another --out"
+                )
+            if options.resume and (torn := check_outputs(out_dir)):
+                logger.warning(
+                    "the output files in %s are not one set (%s): a run was stopped while writing them; "
+                    "this run rewrites them",
+                    out_dir, "; ".join(torn),
+                )  # fmt: skip
+        except InputError as exc:
+            failure = exc
+            if lock is not None:
+                lock.release()
+    verdict = distributed.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if verdict is not None:
+        raise InputError(verdict)
+    return lock
+
+
+def _clear_earlier_run(out_dir: Path, options: PredictOptions, shard: Shard) -> None:
+    """``--overwrite``: rank 0 deletes the earlier run's progress files, outputs and manifest (never annotated
+    images, which may sit among the user's files); the other ranks wait, then start their own progress files."""
+    if options.overwrite and shard.is_main:
+        earlier = _run_files(out_dir)
+        for p in earlier:
+            p.unlink(missing_ok=True)
+        if earlier:
+            logger.warning(
+                "--overwrite: deleted %s of the earlier run in %s", ", ".join(p.name for p in earlier), out_dir
+            )
+    distributed.barrier()
 
 
 def _settings(
@@ -415,8 +538,10 @@ def run_prediction(
     """Run detection (+ classification) over ``sources`` and write the outputs into ``out_dir``.
 
     Returns a one-line summary. Raises :class:`InputError` for bad input found before the run starts (missing or
-    unsafe checkpoint, missing source, bad option); unreadable images during the run become failure entries.
-    On KeyboardInterrupt the finished images are written to the output files, then the interrupt propagates.
+    unsafe checkpoint, missing source, bad option, a ``out_dir`` another run holds or an earlier run holds without
+    ``resume``/``overwrite``, an output that would land on an input file); unreadable images during the run become
+    failure entries. On KeyboardInterrupt the finished images are written to the output files, then the interrupt
+    propagates. The folder's run lock is held from before the first write to the end, whatever ends the run.
     """
     started = time.perf_counter()
     options.validate()
@@ -425,13 +550,35 @@ def run_prediction(
         raise InputError(f"--out {out_dir} exists and is not a folder")
     checkpoint = Path(checkpoint)
     device = resolve_device(options.device)
-    items = list_sources(sources)
+    listing = scan_sources(sources, exclude=[out_dir])
+    items = listing.images
+    if listing.skipped:
+        logger.warning("%s", listing.skipped_note())
     shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
+    lock = _claim_folder(out_dir, items, options, shard)
+    try:
+        return _predict(checkpoint, items, out_dir, options, shard, started, listing.skipped_note())
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _predict(
+    checkpoint: Path,
+    items: Sequence[SourceImage],
+    out_dir: Path,
+    options: PredictOptions,
+    shard: Shard,
+    started: float,
+    skipped_note: str,
+) -> str:
+    """The run itself, in a folder this run holds (see :func:`run_prediction`)."""
     device = shard.device
     mine = shard.select(range(len(items)))
     detector = load_detector(checkpoint, device)
     classifier = _load_classifier(detector, options, device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_earlier_run(out_dir, options, shard)
 
     if options.resume:
         check_resume_layout(out_dir, shard)
@@ -512,4 +659,5 @@ def run_prediction(
     return (
         f"{len(results)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
         f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
+        + (f"; {skipped_note}" if skipped_note else "")
     )

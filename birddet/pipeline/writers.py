@@ -8,14 +8,20 @@ https://lila.science/megadetector-output-format, and the COCO dataset format tha
 the point of these files is that existing camera-trap and evaluation tools open them unchanged. Files are
 written atomically (temp file in the same folder + ``os.replace``) so an interrupted run never leaves a
 truncated file where a good one was.
+
+:func:`write_outputs` writes the requested files as one set (every temporary file is complete before the first
+rename, `birddet.fileio.atomic_write_set`) and then ``manifest.json``, the SHA-256 of each file of the set; a
+run killed between two renames leaves files that disagree with the manifest, which :func:`check_outputs` finds
+(``--resume`` rewrites them). CSV cells that a spreadsheet would run as formulas are neutralised with a leading
+``'`` (`birddet.fileio.spreadsheet_safe`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
 import json
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from birddet.errors import InputError
-from birddet.fileio import atomic_write_text
+from birddet.fileio import atomic_write_json, atomic_write_set, atomic_write_text, csv_text
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
 
 MEGADETECTOR_FORMAT_VERSION = "1.4"
 OUTPUT_NAMES: dict[str, str] = {"megadetector": "megadetector.json", "coco": "coco.json", "csv": "predictions.csv"}
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
 CSV_COLUMNS: tuple[str, ...] = (
     "file",
     "count",
@@ -306,7 +314,11 @@ def write_megadetector_json(
         detector_metadata=detector_metadata,
         classifier_metadata=classifier_metadata,
     )
-    return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, _megadetector_text(data))
+
+
+def _megadetector_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
 # -- COCO --------------------------------------------------------------------------------------------------
@@ -368,7 +380,11 @@ def write_coco_json(
     ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
     """
     data = coco_dict(results, categories=categories, taxonomy=taxonomy)
-    return atomic_write_text(path, json.dumps(data, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, _coco_text(data))
+
+
+def _coco_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False) + "\n"
 
 
 # -- CSV ---------------------------------------------------------------------------------------------------
@@ -387,21 +403,25 @@ def write_predictions_csv(
     of its rows), so a flock's size is one lookup, and an image that was read but had no detection gets one row
     with ``count`` 0 and an empty box: a count of zero is a result, not a missing line. Boxes are pixel
     ``x_min, y_min, x_max, y_max``; ``species`` is the scientific name of the top-1 class (its index when there
-    is no taxonomy); UTF-8, ``\\r\\n`` line ends (csv module).
+    is no taxonomy); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
+    carriage return get a leading ``'`` so a spreadsheet shows them instead of running them.
     """
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
+    return atomic_write_text(path, predictions_csv_text(results, taxonomy=taxonomy))
+
+
+def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy | None) -> str:
+    """The text of :func:`write_predictions_csv`."""
+    rows: list[list[Any]] = [list(CSV_COLUMNS)]
     for r in results:
         if r.failure is not None:
-            writer.writerow([r.file, *[""] * (len(CSV_COLUMNS) - 2), r.failure])
+            rows.append([r.file, *[""] * (len(CSV_COLUMNS) - 2), r.failure])
             continue
         if not r.detections:
-            writer.writerow([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2)])
+            rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2)])
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             _, species, common, species_score = _species_fields(d, taxonomy)
-            writer.writerow(
+            rows.append(
                 [
                     r.file,
                     len(r.detections),
@@ -420,7 +440,7 @@ def write_predictions_csv(
                     "",
                 ]
             )
-    return atomic_write_text(path, buf.getvalue())
+    return csv_text(rows)
 
 
 # -- all formats -------------------------------------------------------------------------------------------
@@ -437,32 +457,72 @@ def write_outputs(
     classifier_name: str | None = None,
     detector_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write each requested format under ``out_dir`` with its fixed name; return ``{format: path}``.
+    """Write each requested format under ``out_dir`` with its fixed name, as one set, then ``manifest.json``;
+    return ``{format: path}``.
 
     Names are fixed (:data:`OUTPUT_NAMES`) so scripts and ``--resume`` find them without configuration.
-    Formats are checked before anything is written, so a typo does not leave a half-written output folder.
+    Formats are checked before anything is written, so a typo does not leave a half-written output folder. An
+    error while writing any file (a full disk, Ctrl-C) leaves every old file in place; the manifest, written
+    last, lets :func:`check_outputs` tell a set torn by a kill during the renames.
     """
     unknown = [f for f in formats if f not in OUTPUT_NAMES]
     if unknown:
         raise InputError(f"unknown output format(s) {unknown}; choose from {', '.join(OUTPUT_NAMES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
+    texts: dict[str, str] = {}
     for fmt in dict.fromkeys(formats):
-        target = out / OUTPUT_NAMES[fmt]
         if fmt == "megadetector":
-            write_megadetector_json(
-                target,
-                results,
-                detection_categories=detection_categories,
-                taxonomy=taxonomy,
-                detector_name=detector_name,
-                classifier_name=classifier_name,
-                detector_metadata=detector_metadata,
+            texts[fmt] = _megadetector_text(
+                megadetector_dict(
+                    results,
+                    detection_categories=detection_categories,
+                    taxonomy=taxonomy,
+                    detector_name=detector_name,
+                    classifier_name=classifier_name,
+                    detector_metadata=detector_metadata,
+                )
             )
         elif fmt == "coco":
-            write_coco_json(target, results, categories=detection_categories, taxonomy=taxonomy)
+            texts[fmt] = _coco_text(coco_dict(results, categories=detection_categories, taxonomy=taxonomy))
         else:
-            write_predictions_csv(target, results, taxonomy=taxonomy)
-        written[fmt] = target
+            texts[fmt] = predictions_csv_text(results, taxonomy=taxonomy)
+    written = {fmt: out / OUTPUT_NAMES[fmt] for fmt in texts}
+    atomic_write_set({written[fmt]: text for fmt, text in texts.items()})
+    manifest = {
+        "birddet_outputs": MANIFEST_VERSION,
+        "run": uuid.uuid4().hex,
+        "written": _now(),
+        "files": {
+            OUTPUT_NAMES[fmt]: {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+            for fmt, text in texts.items()
+        },
+    }
+    atomic_write_json(out / MANIFEST_NAME, manifest, indent=1)
     return written
+
+
+def check_outputs(out_dir: str | os.PathLike[str]) -> list[str]:
+    """What in ``out_dir`` disagrees with its ``manifest.json`` (one entry per file; empty when the set is whole).
+
+    A folder without a manifest has nothing to check (a run that never got to write its outputs).
+    """
+    out = Path(out_dir)
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+        files = dict(manifest["files"])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{MANIFEST_NAME} is damaged"]
+    problems: list[str] = []
+    for name, entry in files.items():
+        path = out / name
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+            continue
+        if digest != entry.get("sha256"):
+            problems.append(f"{name} is not the one the manifest lists")
+    return problems

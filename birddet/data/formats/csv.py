@@ -21,7 +21,7 @@ from typing import Any
 from birddet.data.formats.builder import CocoBuilder, ConversionResult, relative_to_root
 from birddet.data.images import ImageLoadError, image_size
 from birddet.errors import InputError
-from birddet.fileio import atomic_write_text
+from birddet.fileio import atomic_write_csv
 
 __all__ = ["COLUMNS", "convert_csv", "parse_columns", "write_csv"]
 
@@ -109,27 +109,12 @@ def write_csv(coco: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     for a in coco["annotations"]:
         if not a.get("iscrowd"):
             by_image[a["image_id"]].append(a)
-    lines = [",".join(COLUMNS)]
+    rows: list[list[Any]] = [list(COLUMNS)]
     for img in coco["images"]:
-        rows = by_image[img["id"]]
-        for a in rows:
+        anns = by_image[img["id"]]
+        for a in anns:
             x, y, w, h = a["bbox"]
-            lines.append(
-                ",".join(
-                    [
-                        _quote(img["file_name"]),
-                        repr(x),
-                        repr(y),
-                        repr(x + w),
-                        repr(y + h),
-                        _quote(names[a["category_id"]]),
-                    ]
-                )
-            )
-        if not rows:
-            lines.append(",".join([_quote(img["file_name"]), "0", "0", "0", "0", ""]))
-    return atomic_write_text(out, "\n".join(lines) + "\n")
-
-
-def _quote(text: str) -> str:
-    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+            rows.append([img["file_name"], repr(x), repr(y), repr(x + w), repr(y + h), names[a["category_id"]]])
+        if not anns:
+            rows.append([img["file_name"], "0", "0", "0", "0", ""])
+    return atomic_write_csv(out, rows, lineterminator="\n")
