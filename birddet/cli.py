@@ -220,6 +220,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-images", action="store_true", help="write annotated copies to OUT/images/")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--decode-budget",
+        type=float,
+        default=None,
+        metavar="MPX",
+        help="megapixels decoded and waiting at once over all workers (default: a quarter of the available memory)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--resume", action="store_true", help="skip images already finished in OUT")
@@ -285,6 +292,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         save_images=args.save_images,
         batch_size=args.batch_size,
         workers=args.workers,
+        decode_budget=args.decode_budget,
         device=args.device,
         amp=args.amp,
         resume=args.resume,

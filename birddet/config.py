@@ -2,22 +2,72 @@
 
 `load_config(path, overrides)` reads a YAML file into `Config`, applies `KEY=VALUE` overrides
 (`train.lr=1e-4 data.train.ann=...`), and checks every key and type. An unknown key or a value of the wrong type
-is an `InputError` naming the key and where it came from. The resolved config is saved with every run and inside
+is an `InputError` naming the key and where it came from. Every numeric field carries its allowed range in its
+annotation (`Annotated[int, Range(ge=1)]`), and one pass (`check_ranges`) checks them all, plus finiteness of
+every float, for YAML files, overrides and the configs stored in checkpoints alike. The resolved config is saved with every run and inside
 every checkpoint, so a checkpoint alone rebuilds its model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from birddet.errors import InputError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: `ge`/`le` inclusive, `gt`/`lt` exclusive bounds (None: open).
+
+    Attached to a field's annotation (`Annotated[int, Range(ge=1)]`, also inside lists) and checked by
+    `check_ranges` for every config, so a value that would crash a run hours in (a zero `log_every`, a NaN
+    learning rate) or make it allocate absurd amounts (a 2e6-wide box head) is refused at load time, named.
+    Floats must also be finite, whatever their range.
+    """
+
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return " and ".join(f"{op} {_number(v)}" for op, v in bounds if v is not None)
+
+    def contains(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+MAX_EPOCHS = 100_000
+# Shared ranges. Sizes stop where memory would: an image side of 16384 px is already 800 MB as float RGB.
+ImageSide = Annotated[int, Range(ge=16, le=16384)]
+BoxCount = Annotated[int, Range(ge=1, le=100_000)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+BatchSize = Annotated[int, Range(ge=1, le=65536)]
+Workers = Annotated[int, Range(ge=0, le=256)]
+Seed = Annotated[int, Range(ge=0, lt=2**32)]  # numpy's seed range; the trainer seeds numpy with it
+LearningRate = Annotated[float, Range(gt=0, le=10)]
+WeightDecay = Annotated[float, Range(ge=0, le=10)]
+LayerDecay = Annotated[float, Range(gt=0, le=1)]
+WarmupIters = Annotated[int, Range(ge=0, le=10_000_000)]
 
 
 @dataclass
@@ -26,61 +76,62 @@ class BackboneConfig:
     # A birder weights file or registered name (`vit_reg4_m16_rms_avg_i-jepa-inat21`); null starts from random init.
     weights: str | None = None
     # -1: train everything; 0: freeze the patch embedding; k: the patch embedding and the first k blocks.
-    freeze_blocks: int = -1
+    freeze_blocks: Annotated[int, Range(ge=-1, le=1024)] = -1
     grad_checkpointing: bool = False
     # ViTDet window attention (arXiv 2203.16527), in patches per window side: 0 = global attention in every block,
     # exactly birder's network. Same parameters either way, so any weights file runs windowed or global.
-    window_size: int = 0
+    window_size: Annotated[int, Range(ge=0, le=1024)] = 0
     # Blocks that keep global attention when window_size > 0; null = ViTDet's four evenly spaced blocks scaled to
     # the depth (2, 5, 8, 11 of 12). Register tokens take part only in these blocks (see backbone/vit.py).
-    global_blocks: list[int] | None = None
+    global_blocks: list[Annotated[int, Range(ge=0, le=1024)]] | None = None
     # Input size the backbone's position embedding was trained at; filled in from the weights file (or
     # model.image_size for random init) so that a checkpoint rebuilds the same network.
-    pretrain_size: list[int] | None = None
+    pretrain_size: list[ImageSide] | None = None
 
 
 @dataclass
 class PyramidConfig:
-    out_channels: int = 256
+    out_channels: Annotated[int, Range(ge=1, le=4096)] = 256
     # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 from the stride-16 neck; p6 by max-pool of p5.
-    scale_factors: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
+    scale_factors: list[Annotated[float, Range(gt=0, le=8)]] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
     top_block: bool = True
 
 
 @dataclass
 class RPNConfig:
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    conv_depth: int = 1
-    pre_nms_top_n_train: int = 2000
-    pre_nms_top_n_test: int = 1000
-    post_nms_top_n_train: int = 2000
+    anchor_sizes: list[Annotated[int, Range(ge=1, le=16384)]] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    aspect_ratios: list[Annotated[float, Range(gt=0, le=100)]] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    conv_depth: Annotated[int, Range(ge=1, le=16)] = 1
+    pre_nms_top_n_train: BoxCount = 2000
+    pre_nms_top_n_test: BoxCount = 1000
+    post_nms_top_n_train: BoxCount = 2000
     # 300 proposals at test time, as Faster R-CNN (arXiv 1506.01497) evaluates its RPN: a bird image holds few
     # objects, and the box head's cost is linear in this number (see benchmarks/detector.py).
-    post_nms_top_n_test: int = 300
-    nms_thresh: float = 0.7
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
-    score_thresh: float = 0.0
+    post_nms_top_n_test: BoxCount = 300
+    nms_thresh: Fraction = 0.7
+    fg_iou_thresh: Fraction = 0.7
+    bg_iou_thresh: Fraction = 0.3
+    batch_size_per_image: BoxCount = 256
+    positive_fraction: Fraction = 0.5
+    score_thresh: Fraction = 0.0
 
 
 @dataclass
 class RoIHeadsConfig:
     # "2mlp": torchvision's TwoMLPHead; "4conv1fc": four 3x3 convs with norm and one FC, as in ViTDet.
     box_head: Literal["2mlp", "4conv1fc"] = "2mlp"
-    representation_size: int = 1024
-    conv_dim: int = 256
-    roi_output_size: int = 7
-    sampling_ratio: int = 2
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.5
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
+    representation_size: Annotated[int, Range(ge=1, le=16384)] = 1024
+    conv_dim: Annotated[int, Range(ge=1, le=4096)] = 256
+    roi_output_size: Annotated[int, Range(ge=1, le=64)] = 7
+    # 0: torchvision's adaptive sampling (ceil(roi size / output size) points per bin).
+    sampling_ratio: Annotated[int, Range(ge=0, le=64)] = 2
+    score_thresh: Fraction = 0.05
+    nms_thresh: Fraction = 0.5
+    detections_per_img: BoxCount = 100
+    fg_iou_thresh: Fraction = 0.5
+    bg_iou_thresh: Fraction = 0.5
+    batch_size_per_image: BoxCount = 512
+    positive_fraction: Fraction = 0.25
 
 
 @dataclass
@@ -91,9 +142,9 @@ class ModelConfig:
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
     # Longest image side the detector sees; min_size/max_size, when set, follow torchvision's rule instead
     # (shorter side to min_size unless the longer would exceed max_size).
-    image_size: int = 640
-    min_size: int | None = None
-    max_size: int | None = None
+    image_size: ImageSide = 640
+    min_size: ImageSide | None = None
+    max_size: ImageSide | None = None
     # Pad every image to image_size x image_size, as ViTDet does: the ViT then sees the same token grid whatever
     # an image's batch mates are, so a detection never depends on batching. Applies when min/max_size are null.
     fixed_square: bool = True
@@ -117,27 +168,27 @@ class SyntheticConfig:
     """The embedded default dataset: generated into `dir` when its files are missing."""
 
     dir: str | None = None
-    num_train: int = 160
-    num_val: int = 40
-    seed: int = 0
+    num_train: Annotated[int, Range(ge=1, le=1_000_000)] = 160
+    num_val: Annotated[int, Range(ge=1, le=1_000_000)] = 40
+    seed: Seed = 0
     preset: str = "square"  # square | realistic | dense (birddet.data.synthetic.SYNTH_PRESETS)
 
 
 @dataclass
 class AugmentConfig:
-    scale_range: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    hflip: float = 0.5
-    color_jitter: float = 0.4
+    scale_range: list[Annotated[float, Range(gt=0, le=100)]] = field(default_factory=lambda: [0.1, 2.0])
+    hflip: Fraction = 0.5
+    color_jitter: Fraction = 0.4
     # Probability that a training sample is a 2x2 mosaic with three other images (YOLOv4); 0 disables it.
-    mosaic: float = 0.0
+    mosaic: Fraction = 0.0
     # Train the last N epochs without mosaic (YOLO's close_mosaic), so the model ends on whole photos.
-    mosaic_off_epochs: int = 0
+    mosaic_off_epochs: Annotated[int, Range(ge=0, le=MAX_EPOCHS)] = 0
     # Probability of pasting birds (boxes with a feathered margin) from another training image; 0 disables it.
-    copy_paste: float = 0.0
+    copy_paste: Fraction = 0.0
     # Multi-scale training (YOLO's multi_scale): each training batch enters the network at the input size times one of
     # these factors (rounded to a multiple of 32), e.g. [0.75, 1.0, 1.25]; evaluation stays at the input size.
     # Empty: every batch at the input size.
-    multi_scale: list[float] = field(default_factory=list)
+    multi_scale: list[Annotated[float, Range(gt=0, le=8)]] = field(default_factory=list)
 
 
 @dataclass
@@ -147,14 +198,14 @@ class TileConfig:
     and boxes, no decoding), so it is the same on every run and a resumed run sees the same items."""
 
     # Window side in original pixels (model.image_size keeps birds at their own size); null = whole images.
-    size: int | None = None
+    size: Annotated[int, Range(ge=16, le=1_000_000)] | None = None
     # Fraction of `size` shared by neighbouring windows, as in tiled prediction.
-    overlap: float = 0.25
+    overlap: Annotated[float, Range(ge=0, lt=1)] = 0.25
     # A box is kept in a window when at least this fraction of its area is inside; windows that only hold slivers
     # below it are left out (they would teach the detector that part of a bird is background).
-    min_visibility: float = 0.5
+    min_visibility: Fraction = 0.5
     # Fraction of the windows without any bird that are kept as negatives (chosen by train.seed).
-    negatives: float = 0.1
+    negatives: Fraction = 0.1
 
 
 @dataclass
@@ -164,7 +215,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tile: TileConfig = field(default_factory=TileConfig)
-    workers: int = 2
+    workers: Workers = 2
     aspect_ratio_grouping: bool = True
     # Keep the training images decoded in RAM at the input size (YOLO's cache=ram): a few hundred big photos then
     # cost their JPEG decode and shrink once, not every epoch (on a CPU that is a fifth of a step at 192 px, more with
@@ -174,32 +225,32 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.1
+    epochs: Annotated[int, Range(ge=1, le=MAX_EPOCHS)] = 12
+    batch_size: BatchSize = 2
+    lr: LearningRate = 1e-4
+    weight_decay: WeightDecay = 0.1
     # Layer-wise LR decay over backbone blocks (ViTDet uses 0.7 for ViT-B); 1.0 disables it.
-    layer_decay: float = 0.7
-    backbone_lr_mult: float = 1.0
+    layer_decay: LayerDecay = 0.7
+    backbone_lr_mult: Annotated[float, Range(ge=0, le=100)] = 1.0
     schedule: Literal["cosine", "step"] = "cosine"
-    step_milestones: list[float] = field(default_factory=lambda: [0.75, 0.9])
-    warmup_iters: int = 250
-    warmup_factor: float = 0.001
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    accumulate: int = 1
+    step_milestones: list[Fraction] = field(default_factory=lambda: [0.75, 0.9])
+    warmup_iters: WarmupIters = 250
+    warmup_factor: Annotated[float, Range(gt=0, le=1)] = 0.001
+    min_lr_ratio: Fraction = 0.0
+    grad_clip: Annotated[float, Range(gt=0)] | None = 1.0
+    accumulate: Annotated[int, Range(ge=1, le=1024)] = 1
     amp: Literal["none", "bf16", "fp16"] = "none"
     ema: bool = False
-    ema_decay: float = 0.9998
-    eval_every: int = 1
-    eval_batch_size: int = 4
-    log_every: int = 20
-    seed: int = 0
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9998
+    eval_every: Annotated[int, Range(ge=1, le=MAX_EPOCHS)] = 1
+    eval_batch_size: BatchSize = 4
+    log_every: Annotated[int, Range(ge=1)] = 20
+    seed: Seed = 0
     device: str = "auto"
-    max_steps: int | None = None
+    max_steps: Annotated[int, Range(ge=1)] | None = None
     # Minutes the run may take, evaluation and checkpoints included: after measuring its first epoch the run sets
     # its epoch count (and LR schedule) to fit; `epochs` then only shapes the first epoch's schedule. Null: no budget.
-    time_budget: float | None = None
+    time_budget: Annotated[float, Range(gt=0)] | None = None
     # What the budget counts: "wall" (real time) or "cpu" (this process's CPU time; comparable on a shared machine).
     budget_clock: Literal["wall", "cpu"] = "wall"
 
@@ -221,7 +272,7 @@ class ClassifierModelConfig:
     # Crop side in pixels (a multiple of the patch size). It becomes the size recorded in best.pt, so
     # `birddet predict --classifier RUN/best.pt` crops at it. The crop rule itself (margin, square, clip) is
     # predict's and is not configurable, so training and inference always see the same pixels.
-    image_size: int = 224
+    image_size: ImageSide = 224
     # Normalisation; null takes the backbone file's rgb_stats (birder's default (0.5, 0.5) for random init).
     rgb_stats: dict[str, list[float]] | None = None
 
@@ -230,9 +281,9 @@ class ClassifierModelConfig:
 class CropAugmentConfig:
     # Each box edge moves by up to this fraction of the box size before the crop rule is applied: the crops then
     # look like a detector's imperfect boxes rather than perfect annotations. 0 disables it.
-    box_jitter: float = 0.1
-    hflip: float = 0.5
-    color_jitter: float = 0.2
+    box_jitter: Fraction = 0.1
+    hflip: Fraction = 0.5
+    color_jitter: Fraction = 0.2
 
 
 @dataclass
@@ -241,7 +292,7 @@ class ClassifierDataConfig:
     val: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: CropAugmentConfig = field(default_factory=CropAugmentConfig)
-    workers: int = 2
+    workers: Workers = 2
     # "loss": cross-entropy weighted by n / (C * n_class) so rare classes count as much as common ones; "none".
     balance: Literal["loss", "none"] = "loss"
 
@@ -250,14 +301,14 @@ class ClassifierDataConfig:
 class ClassifierTrainConfig(TrainConfig):
     """The detector's training knobs with classifier-sized defaults (crops are small, so batches are larger)."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    warmup_iters: int = 50
-    eval_batch_size: int = 64
-    label_smoothing: float = 0.1
+    epochs: Annotated[int, Range(ge=1, le=MAX_EPOCHS)] = 10
+    batch_size: BatchSize = 32
+    lr: LearningRate = 1e-4
+    weight_decay: WeightDecay = 0.05
+    layer_decay: LayerDecay = 0.75
+    warmup_iters: WarmupIters = 50
+    eval_batch_size: BatchSize = 64
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
 
 
 @dataclass
@@ -334,12 +385,59 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
 
 def config_from_dict(data: dict[str, Any], where: str = "config", schema: type = Config) -> Any:
     """Build a `Config` (or another run config `schema`, e.g. `ClassifierConfig`) from a plain mapping, checking
-    keys and types."""
+    keys, types and ranges."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"{where}: the top level must be a mapping with model/data/train sections")
-    return _from_dict(schema, data, "", where)
+    cfg = _from_dict(schema, data, "", where)
+    check_ranges(cfg, where)
+    return cfg
+
+
+@functools.cache
+def _hints_with_ranges(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def check_ranges(cfg: Any, where: str = "config", prefix: str = "") -> None:
+    """Check every field of the config dataclass `cfg` (recursively) against the `Range` in its annotation, and
+    every float for finiteness; the first violation is an `InputError` naming the key, the value and the range."""
+    hints = _hints_with_ranges(type(cfg))
+    for f in dataclasses.fields(cfg):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        _check_value(getattr(cfg, f.name), hints[f.name], key, where)
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str) -> None:
+    ranges: list[Range] = []
+    while typing.get_origin(tp) is Annotated:
+        ranges.extend(m for m in tp.__metadata__ if isinstance(m, Range))
+        tp = typing.get_args(tp)[0]
+    if value is None:
+        return
+    if dataclasses.is_dataclass(value):
+        check_ranges(value, where, key)
+        return
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in (a for a in args if a is not type(None)):
+            _check_value(value, arg, key, where)
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_value(v, args[0] if origin is list and args else Any, f"{key}[{i}]", where)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(v, args[1] if origin is dict and len(args) == 2 else Any, f"{key}.{k}", where)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: '{key}' must be a finite number, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for r in ranges:
+            if not r.contains(value):
+                raise InputError(f"{where}: '{key}' must be {r.describe()}, got {value!r}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -4,6 +4,12 @@ A birder `.pt` file is `torch.save` of a dict: `state` (the state dict), `task`,
 `rgb_stats`, `birder_version` and optionally `config`. A `.safetensors` export holds the same state dict with those
 fields as JSON strings in its metadata. Files are read with `weights_only=True`: a file that needs anything but
 tensors and plain containers is refused without running any of its code.
+
+A weights file is untrusted input, and its small fields size big tensors: a signature claiming 3e9 classes would
+make a 768 GB classifier head. So every field is type-checked when the file is read, and every network is first
+built on the `meta` device (shapes only, no memory) and compared tensor by tensor with the stored state dict
+(`build_matching`); only a network whose every shape is the file's own is then built for real, so memory is
+bounded by the file's size.
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
+import struct
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from birddet.backbone.presets import find_preset, get_preset
 from birddet.backbone.vit import ViT, ViTConfig
@@ -210,47 +220,135 @@ def resolve_weights(source: str | os.PathLike) -> Path:
 _REQUIRED_FIELDS = ("state", "signature", "class_to_idx", "rgb_stats")
 
 
+# The first bytes of what `torch.save` writes: a zip archive (PyTorch >= 1.6) or a pickle (protocol 2+, legacy).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def load_untrusted(path: Path, what: str, fix: str, *, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)` with one-line errors naming `what` (e.g. "checkpoint") and `path`.
+
+    Anything but tensors and plain containers is refused unexecuted. A file that is not a PyTorch file at all
+    (text, an image, HTML from a failed download) is recognised by its first bytes, because torch's legacy
+    loader fails on such input with whatever exception the bytes lead to (a `KeyError` for a text file).
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_TORCH_MAGIC):
+        raise WeightsError(
+            f"{what} {path} is not a PyTorch file (it starts with {head!r}, not a zip or pickle header); {fix}"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"refused to load {what} {path}: it holds Python objects other than tensors and plain containers, which "
+            f"could run code when loaded ({first[:200]}); birddet only reads weights-only files. If you trust its "
+            "source, re-save it as a plain dict of tensors"
+        ) from None
+    except (
+        RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+        AttributeError, struct.error,
+    ) as err:  # fmt: skip
+        raise WeightsError(
+            f"{what} {path} is not a readable PyTorch file; it may be truncated or corrupted "
+            f"({type(err).__name__}: {str(err)[:200]}); {fix}"
+        ) from None
+
+
 def read_birder_file(path: str | os.PathLike) -> BirderFile:
-    """Read a birder `.pt` or `.safetensors` weights file without unpickling arbitrary objects."""
+    """Read a birder `.pt` or `.safetensors` weights file without unpickling arbitrary objects; every field is
+    type-checked (`check_birder_fields`), so a damaged or hostile file fails here, with its name, not later."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file {path} is empty (0 bytes); download it again")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain containers, which could "
-            f"run code when loaded ({first[:200]}); birddet only reads weights-only files. If you trust its source, "
-            "re-save it as a plain dict of tensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{path} is not a readable PyTorch weights file; it may be truncated or corrupted ({str(err)[:200]}); "
-            "download it again"
-        ) from None
+        return check_birder_fields(_read_safetensors(path))
+    obj = load_untrusted(path, "weights file", "download it again")
     if not isinstance(obj, dict) or "state" not in obj:
-        keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise WeightsError(
             f"{path} is not a birder model file: expected a dict with {', '.join(_REQUIRED_FIELDS)}, found {keys}"
         )
     missing = [k for k in _REQUIRED_FIELDS if k not in obj]
     if missing:
         raise WeightsError(f"{path} is missing the field(s) {', '.join(missing)} that every birder model file has")
-    return BirderFile(
-        state=obj["state"],
-        class_to_idx=dict(obj["class_to_idx"]),
-        rgb_stats=obj["rgb_stats"],
-        signature=obj["signature"],
-        task=str(obj.get("task", "")),
-        birder_version=obj.get("birder_version"),
-        config=obj.get("config"),
-        path=path,
+    return check_birder_fields(
+        BirderFile(
+            state=obj["state"],
+            class_to_idx=obj["class_to_idx"],
+            rgb_stats=obj["rgb_stats"],
+            signature=obj["signature"],
+            task=str(obj.get("task", "")),
+            birder_version=obj.get("birder_version"),
+            config=obj.get("config"),
+            path=path,
+        )
     )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shape_of(signature: Any, side: str, length: int) -> list[int] | None:
+    """`signature[side][0]["data_shape"]` when it is a list of `length` integers (the batch entry may be anything)."""
+    try:
+        shape = signature[side][0]["data_shape"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(shape, list) or len(shape) != length or not all(_is_int(v) for v in shape[1:]):
+        return None
+    return shape
+
+
+def check_birder_fields(bf: BirderFile) -> BirderFile:
+    """Refuse a birder file whose fields have the wrong types, naming the field and what it should be.
+
+    The sizes in `signature` are checked against the tensors later (`build_from_state`); here only their form:
+    `inputs[0].data_shape` is [N, 3, H, W] and `outputs[0].data_shape` [N, classes], `class_to_idx` maps names to
+    distinct integer indices, `rgb_stats` holds three finite means and three positive stds.
+    """
+    where = bf.path
+
+    def bad(field: str, expected: str, got: Any) -> WeightsError:
+        text = repr(got)
+        text = text if len(text) <= 80 else text[:77] + "..."
+        return WeightsError(
+            f"{where}: field '{field}' must be {expected}, got {text}; the file is damaged or not birder's"
+        )
+
+    if not isinstance(bf.state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in bf.state.items()
+    ):
+        raise bad("state", "a mapping of parameter names to tensors", type(bf.state).__name__)
+    inputs, outputs = _shape_of(bf.signature, "inputs", 4), _shape_of(bf.signature, "outputs", 2)
+    if inputs is None or inputs[1] != 3 or inputs[2] < 1 or inputs[3] < 1:
+        raise bad("signature", "a mapping whose inputs[0].data_shape is [N, 3, height, width]", bf.signature)
+    if outputs is None or outputs[1] < 0:
+        raise bad("signature", "a mapping whose outputs[0].data_shape is [N, classes]", bf.signature)
+    c2i = bf.class_to_idx
+    if not isinstance(c2i, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in c2i.items()):
+        raise bad("class_to_idx", "a mapping of class names to integer indices", c2i)
+    if len(set(c2i.values())) != len(c2i) or (c2i and (min(c2i.values()) < 0 or max(c2i.values()) >= len(c2i))):
+        raise bad("class_to_idx", f"indices 0..{len(c2i) - 1}, each once", sorted(c2i.values())[:10])
+    if c2i and len(c2i) != outputs[1]:
+        raise bad("class_to_idx", f"as many classes as the signature's outputs ({outputs[1]})", len(c2i))
+    stats = bf.rgb_stats
+    if not (
+        isinstance(stats, dict)
+        and all(isinstance(stats.get(k), list | tuple) and len(stats[k]) == 3 for k in ("mean", "std"))
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in [*stats["mean"], *stats["std"]])
+        and all(v > 0 for v in stats["std"])
+    ):
+        raise bad("rgb_stats", "a mapping with 3 finite 'mean' values and 3 positive 'std' values", stats)
+    if bf.config is not None and not isinstance(bf.config, dict):
+        raise bad("config", "a mapping of network settings", bf.config)
+    bf.class_to_idx = dict(c2i)
+    bf.rgb_stats = {k: [float(v) for v in stats[k]] for k in ("mean", "std")}
+    return bf
 
 
 def _read_safetensors(path: Path) -> BirderFile:
@@ -279,7 +377,7 @@ def _read_safetensors(path: Path) -> BirderFile:
             path=path,
         )
     except json.JSONDecodeError as err:
-        raise WeightsError(f"{path} has metadata that is not valid JSON ({err})") from None
+        raise WeightsError(f"{path} has metadata that is not valid JSON ({err}); export it again with birder") from None
 
 
 def save_birder_file(
@@ -363,18 +461,29 @@ def infer_config(
     return name, get_preset(name)
 
 
-def build_from_state(
+M = TypeVar("M", bound=nn.Module)
+
+
+def build_matching(
+    build: Callable[[], M],
     state: dict[str, torch.Tensor],
     *,
-    image_size: tuple[int, int],
-    num_classes: int,
-    network: str | None = None,
-    where: str = "file",
-) -> tuple[str, ViT]:
-    """Build a `ViT` for a birder state dict and load it strictly, explaining any mismatch."""
-    name, cfg = infer_config(state, network=network, where=where)
-    net = ViT(cfg, num_classes=num_classes, image_size=image_size)
-    expected = net.state_dict()
+    where: str,
+    claims: Callable[[str], str],
+    hint: str = "",
+) -> M:
+    """`build()` a network that fits `state` exactly, without ever allocating for sizes the state does not have.
+
+    An untrusted file's settings (a config, a signature) decide the network's sizes, and a hostile or damaged one
+    can claim any size. So `build()` runs first on the `meta` device, where tensors have shapes but no memory, and
+    every parameter and buffer is compared with `state`: a missing or extra key, or a shape that differs, is a
+    `WeightsError` naming the file, the key, the shape the settings make (`claims(key)` says which settings) and
+    the stored shape (`hint` is appended to the missing/extra keys message). Only then is the network built for real and loaded strictly, so what it allocates is what
+    the file holds.
+    """
+    with torch.device("meta"):
+        probe = build()
+    expected = probe.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
@@ -383,18 +492,47 @@ def build_from_state(
             parts.append(f"missing {len(missing)} key(s) ({', '.join(missing[:5])})")
         if extra:
             parts.append(f"unexpected {len(extra)} key(s) ({', '.join(extra[:5])})")
-        raise WeightsError(
-            f"{where} does not match birddet's {name}: {'; '.join(parts)}. It may be another architecture "
-            "(e.g. LayerNorm or class-token ViT) or an incomplete file"
-        )
-    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+        raise WeightsError(f"{where} does not match {claims('')}: {'; '.join(parts)}{hint}")
+    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        k, got, want = wrong[0]
+        k = wrong[0]
         raise WeightsError(
-            f"{where} does not match birddet's {name} at input size {image_size} with {num_classes} classes: "
-            f"{len(wrong)} tensor(s) have other shapes, first {k} is {got}, expected {want}"
+            f"{where}: {claims(k)} make {k} of shape {tuple(expected[k].shape)}, but the file stores "
+            f"{tuple(state[k].shape)} ({len(wrong)} tensor(s) differ); the file's settings do not describe its "
+            "weights: it is damaged or was edited"
         )
+    del probe, expected
+    net = build()
     net.load_state_dict(state, strict=True)
+    return net
+
+
+def build_from_state(
+    state: dict[str, torch.Tensor],
+    *,
+    image_size: tuple[int, int],
+    num_classes: int,
+    network: str | None = None,
+    where: str = "file",
+) -> tuple[str, ViT]:
+    """Build a `ViT` for a birder state dict and load it strictly, explaining any mismatch (see `build_matching`:
+    the signature's input size and class count are checked against the tensors before anything is allocated)."""
+    name, cfg = infer_config(state, network=network, where=where)
+
+    def claims(key: str) -> str:
+        if key.startswith("classifier."):
+            return f"its signature's {num_classes} classes"
+        if key == "pos_embedding":
+            return f"its signature's input size {image_size[0]}x{image_size[1]}"
+        return f"birddet's {name}"
+
+    net = build_matching(
+        lambda: ViT(cfg, num_classes=num_classes, image_size=image_size),
+        state,
+        where=where,
+        claims=claims,
+        hint=". It may be another architecture (e.g. LayerNorm or class-token ViT) or an incomplete file",
+    )
     return name, net
 
 

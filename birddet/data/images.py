@@ -17,6 +17,10 @@ Failures raise `ImageLoadError` (an `InputError`) naming the path and the reason
 image, truncated or corrupt data, and images above `max_pixels` (checked from the header, before decoding, so a
 decompression bomb costs no memory). Pillow's global `LOAD_TRUNCATED_IMAGES` is never touched: a truncated file is an
 error the user should see, not a grey stripe the model silently trains on.
+
+The per-image cap alone does not bound memory: four 140 KB PNGs of 12000 x 12000 px are each under it, yet decoded
+by two DataLoader workers with prefetching they held 5.4 GB at once. `PixelBudgetBatches` adds a global cap on the
+pixels decoded and in flight (see its docstring for the rule and why it holds across worker processes).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +39,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from birddet.errors import InputError
 
 __all__ = [
+    "DECODE_BYTES_PER_PIXEL",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "PixelBudgetBatches",
     "TILED_MAX_IMAGE_PIXELS",
     "ImageLoadError",
+    "default_decode_budget",
     "image_size",
     "load_image",
     "stored_size_and_orientation",
@@ -252,3 +260,81 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
     """Flatten transparency onto white (see module docstring for why white)."""
     background = Image.new("RGBA", img.size, _WHITE + (255,))
     return Image.alpha_composite(background, img).convert("RGB")
+
+
+# -- a global budget on decoded pixels in flight ------------------------------------------------------------------
+#: Peak bytes per pixel while a worker turns a file into a tensor, measured (benchmarks/decode_memory.py: 1.64 GiB for
+#: a 144 Mpx PNG): Pillow's RGB buffer, the copy `to_rgb8` returns, the tensor and its copy into shared memory, 3 each.
+DECODE_BYTES_PER_PIXEL: int = 12
+
+
+def default_decode_budget(max_pixels: int) -> int:
+    """The pixels that may be decoded at once by default: a quarter of the memory available now, at
+    `DECODE_BYTES_PER_PIXEL`, but never less than `max_pixels` (the per-image cap), so that every image the cap
+    allows can still be decoded, alone if need be. Where the OS does not say, `4 * max_pixels`."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * max_pixels
+    return max(max_pixels, available // 4 // DECODE_BYTES_PER_PIXEL)
+
+
+def loader_slots(workers: int, prefetch_factor: int | None) -> int:
+    """How many consecutive batches of a `DataLoader` can hold decoded images at one moment.
+
+    With workers, torch keeps `workers * prefetch_factor` batches dispatched (being decoded or decoded and queued);
+    the main process holds the batch it works on, and, for the instant between receiving the next batch and
+    dropping the previous one, that one too: two more. Without workers, batches are decoded one at a time in the
+    main process while the previous one may still be held: two.
+    """
+    return (workers * (prefetch_factor or 2) if workers > 0 else 0) + 2
+
+
+class PixelBudgetBatches:
+    """A `DataLoader` batch sampler over image files that keeps the decoded pixels in flight under `budget`.
+
+    Why a sampler: a cross-process semaphore cannot work here, because batches are consumed in order and a worker
+    waiting for budget held by a later, already decoded batch would deadlock the loader. But the loader's
+    in-flight set is always a run of at most `slots` consecutive batches (`loader_slots`), whatever the workers do.
+    So the rule is: **any `slots` consecutive batches hold at most `budget` pixels**, counted from each file's header
+    (cheap: no pixel is decoded). Batches close at `batch_size` images or when the next image would break the rule;
+    when even one image would break it, empty batches go out first (they decode nothing and let the window move
+    on), which serialises big images instead of refusing them. An image above the whole budget cannot fit and is
+    left for the dataset to refuse (give it `max_pixels <= budget`); one whose header cannot be read counts 0, its
+    error comes from decoding. Headers are read lazily as the loader asks for batches, so a run over 100,000 files
+    does not start with 100,000 header reads.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int, budget: int, slots: int) -> None:
+        if batch_size < 1 or budget < 1 or slots < 1:
+            raise ValueError(f"batch_size, budget and slots must be positive, got {batch_size}, {budget}, {slots}")
+        self.paths = list(paths)
+        self.batch_size = batch_size
+        self.budget = budget
+        self.slots = slots
+
+    def pixels(self, index: int) -> int:
+        """Pixels the image at `index` will decode to, from its header; 0 when it will not be decoded."""
+        try:
+            w, h = image_size(self.paths[index], apply_exif=False)
+        except InputError:
+            return 0
+        return 0 if w * h > self.budget else w * h
+
+    def __iter__(self) -> Iterator[list[int]]:
+        recent: deque[int] = deque(maxlen=self.slots - 1)  # pixels of the batches that may still be in flight
+        batch: list[int] = []
+        held = 0
+        for index in range(len(self.paths)):
+            px = self.pixels(index)
+            if batch and (len(batch) == self.batch_size or sum(recent) + held + px > self.budget):
+                yield batch
+                recent.append(held)
+                batch, held = [], 0
+            while recent and sum(recent) + px > self.budget:
+                yield []  # an empty batch: nothing decoded while the big batches before it drain
+                recent.append(0)
+            batch.append(index)
+            held += px
+        if batch:
+            yield batch

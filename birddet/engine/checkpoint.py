@@ -3,18 +3,21 @@
 Keys: `model` (state dict), `config` (the resolved config as plain data), `categories` (COCO id -> name),
 `birddet_version`, and in `last.pt` only, `training` (optimizer, scheduler, scaler, EMA, epoch, step, RNG states,
 best AP). A checkpoint alone rebuilds its model: the backbone weights file named in the config is not needed.
+
+A checkpoint is untrusted input: its config decides the sizes of the network it rebuilds. The config is type- and
+range-checked like any other, the categories must map integer ids to names, and the network is built on the `meta`
+device and compared shape by shape with the stored weights (`build_matching`) before any memory is allocated for it.
 """
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from birddet import __version__
+from birddet.backbone.weights import build_matching, load_untrusted
 from birddet.config import Config, config_from_dict, config_to_dict
 from birddet.errors import InputError
 from birddet.fileio import atomic_torch_save
@@ -42,21 +45,13 @@ def save_checkpoint(
 
 def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """`torch.load(weights_only=True)` with one-line errors: anything but tensors and plain containers is refused
-    unexecuted; a missing, truncated or foreign file is an `InputError` naming it."""
+    unexecuted; a missing, truncated or foreign file (text, an image) is an `InputError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise InputError(
-            f"refused to load checkpoint {path}: it holds Python objects other than tensors and plain containers, "
-            f"which could run code when loaded ({first})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise InputError(f"checkpoint {path} is truncated or not a PyTorch file ({str(err)[:200]})") from None
-    return ckpt
+    return load_untrusted(
+        path, "checkpoint", "pass a best.pt or last.pt written by birddet train", map_location=map_location
+    )
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -72,14 +67,74 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def checkpoint_categories(categories: Any, where: str) -> dict[int, str]:
+    """The checkpoint's `categories` as COCO id -> name; integer ids (or their decimal strings) and string names."""
+    if not isinstance(categories, dict) or not categories:
+        raise InputError(
+            f"{where}: 'categories' must be a non-empty mapping of COCO category ids to names, got "
+            f"{type(categories).__name__}; the checkpoint is damaged, use another best.pt/last.pt"
+        )
+    out: dict[int, str] = {}
+    for key, name in categories.items():
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.strip().isdigit())):
+            raise InputError(
+                f"{where}: 'categories' key {key!r} is not an integer category id; the checkpoint is damaged, "
+                "use another best.pt/last.pt"
+            )
+        if not isinstance(name, str):
+            raise InputError(f"{where}: 'categories' name of id {key} must be a string, got {name!r}")
+        out[int(key)] = name
+    return out
+
+
+# Which config keys size the tensors under each state-dict prefix, for the error that names a mismatch.
+_SIZED_BY = {
+    "model.backbone.body.": "model.backbone.preset / model.backbone.pretrain_size",
+    "model.backbone.pyramid.": "model.pyramid.out_channels / model.pyramid.scale_factors",
+    "model.rpn.": "model.rpn.conv_depth / model.rpn.aspect_ratios / model.pyramid.out_channels",
+    "model.roi_heads.box_head.": (
+        "model.roi_heads.box_head / representation_size / conv_dim / roi_output_size and model.pyramid.out_channels"
+    ),
+    "model.roi_heads.box_predictor.": "'categories' and model.roi_heads.representation_size",
+}
+
+
+def _claims(cfg: Config, n_categories: int, key: str) -> str:
+    """The stored settings that decide the shape of state-dict entry `key`, with their values."""
+    if not key:
+        return "the network its config describes"
+    m = cfg.model
+    values = {
+        "model.backbone.body.": f"preset {m.backbone.preset}, pretrain_size {m.backbone.pretrain_size}",
+        "model.backbone.pyramid.": f"out_channels {m.pyramid.out_channels}, scale_factors {m.pyramid.scale_factors}",
+        "model.rpn.": f"conv_depth {m.rpn.conv_depth}, {len(m.rpn.aspect_ratios)} aspect ratios",
+        "model.roi_heads.box_head.": (
+            f"box_head {m.roi_heads.box_head}, representation_size {m.roi_heads.representation_size}, "
+            f"conv_dim {m.roi_heads.conv_dim}, roi_output_size {m.roi_heads.roi_output_size}"
+        ),
+        "model.roi_heads.box_predictor.": (
+            f"{n_categories} categories, representation_size {m.roi_heads.representation_size}"
+        ),
+    }
+    for prefix, keys in _SIZED_BY.items():
+        if key.startswith(prefix):
+            return f"its config's {keys} ({values[prefix]})"
+    return "its config"
+
+
 def detector_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") -> BirdDetector:
+    """Rebuild the detector a checkpoint dict describes; nothing is allocated for a size the weights do not have."""
     cfg: Config = config_from_dict(ckpt["config"], where)
-    detector = build_detector(cfg, {int(k): v for k, v in ckpt["categories"].items()}, load_weights=False)
-    try:
-        detector.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as err:
-        raise InputError(f"{where}: the weights do not match the config stored with them ({str(err)[:300]})") from None
-    return detector
+    categories = checkpoint_categories(ckpt["categories"], where)
+    state = ckpt["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{where}: 'model' must be a state dict of tensors; the checkpoint is damaged")
+    return build_matching(
+        lambda: build_detector(cfg, categories, load_weights=False),
+        state,
+        where=where,
+        claims=lambda key: _claims(cfg, len(categories), key),
+    )
 
 
 def load_detector(path: str | Path, device: str | torch.device | None = None) -> BirdDetector:

@@ -53,7 +53,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from birddet.data.images import MAX_IMAGE_PIXELS, TILED_MAX_IMAGE_PIXELS, load_image
+from birddet.data.images import (
+    MAX_IMAGE_PIXELS,
+    TILED_MAX_IMAGE_PIXELS,
+    PixelBudgetBatches,
+    default_decode_budget,
+    load_image,
+    loader_slots,
+)
 from birddet.engine import distributed
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
@@ -119,6 +126,9 @@ class PredictOptions:
     max_dets: int | None = None
     # Lowest score drawn by --save-images (the files get everything >= conf): weak boxes make a picture unreadable.
     draw_conf: float = 0.3
+    # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
+    # quarter of the available memory, never less than one image at the per-image cap.
+    decode_budget: float | None = None
 
     def tile_options(self) -> TileOptions | None:
         """The tiling settings as `TileOptions` (validated), or None for an untiled run."""
@@ -144,6 +154,8 @@ class PredictOptions:
             value = getattr(self, name)
             if value < low:
                 raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.decode_budget is not None and not self.decode_budget > 0:
+            raise InputError(f"--decode-budget must be a positive number of megapixels, got {self.decode_budget}")
         if self.max_dets is not None and self.max_dets < 1:
             raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
         self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
@@ -207,6 +219,36 @@ def _collate(
     batch: list[tuple[int, torch.Tensor | None, str | None]],
 ) -> list[tuple[int, torch.Tensor | None, str | None]]:
     return batch  # images differ in size; the detector takes a list
+
+
+PREFETCH_FACTOR = 2  # batches each worker decodes ahead (torch's default, named because the decode budget counts it)
+
+
+def image_loader(paths: Sequence[Path], options: PredictOptions, device: torch.device) -> DataLoader:
+    """The loader that decodes ``paths`` in ``options.workers`` processes, its decoded pixels in flight bounded.
+
+    The per-image cap (``MAX_IMAGE_PIXELS``, or ``TILED_MAX_IMAGE_PIXELS`` when tiling) refuses a decompression
+    bomb; the global budget (``--decode-budget``, default from the available memory) bounds what several big images
+    add up to across workers and prefetched batches, by how ``PixelBudgetBatches`` forms the batches. Tiled,
+    ``--batch-size`` counts windows and images come one at a time.
+    """
+    max_pixels = MAX_IMAGE_PIXELS if options.tile is None else TILED_MAX_IMAGE_PIXELS
+    budget = default_decode_budget(max_pixels) if options.decode_budget is None else int(options.decode_budget * 1e6)
+    workers = options.workers
+    sampler = PixelBudgetBatches(
+        paths,
+        batch_size=options.batch_size if options.tile is None else 1,
+        budget=budget,
+        slots=loader_slots(workers, PREFETCH_FACTOR if workers else None),
+    )
+    return DataLoader(
+        ImageFiles(paths, max_pixels=min(max_pixels, budget)),  # an image over the whole budget can never fit
+        batch_sampler=sampler,
+        num_workers=workers,
+        prefetch_factor=PREFETCH_FACTOR if workers else None,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
 
 
 # -- progress file -------------------------------------------------------------------------------------------
@@ -594,17 +636,7 @@ def _predict(
     skipped = len(finished)
 
     run = _Run(detector, classifier, options, out_dir)
-    loader = DataLoader(
-        ImageFiles(
-            [items[i].path for i in todo],
-            max_pixels=MAX_IMAGE_PIXELS if options.tile is None else TILED_MAX_IMAGE_PIXELS,
-        ),
-        # Tiled, --batch-size counts windows and images come one at a time: a survey image can be gigabytes.
-        batch_size=options.batch_size if options.tile is None else 1,
-        num_workers=options.workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
+    loader = image_loader([items[i].path for i in todo], options, device)
     pending: list[ImageResult] = []
 
     def write_final() -> tuple[dict[str, Path], list[ImageResult]]:

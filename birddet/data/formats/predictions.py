@@ -17,6 +17,7 @@ them (`birddet stats` gallery), train again. Rules:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 from torchvision.ops import box_iou
 
 from birddet import __version__
-from birddet.data.coco import load_coco_dataset
+from birddet.data.coco import _is_int, _is_number, load_coco_dataset
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 
@@ -42,9 +43,46 @@ def _read_predictions(src: Path) -> dict[str, Any]:
         raise InputError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from e
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise InputError(f"{path}: not a COCO file with images and annotations; pass birddet predict's coco.json")
-    if data["annotations"] and not all("score" in a for a in data["annotations"]):
+    if data["annotations"] and not all(isinstance(a, dict) and "score" in a for a in data["annotations"]):
         raise InputError(f"{path}: annotations have no 'score'; this is not prediction output")
+    _check_records(path, data)
     return data
+
+
+_FIX = "this is not birddet predict output, or it was edited; run birddet predict again"
+
+
+def _check_records(path: Path, data: dict[str, Any]) -> None:
+    """Every field the conversion reads must be there with its type, or the first bad record is named (by its
+    list position and id) in a one-line `InputError`; a hand-edited file must not end in a `KeyError`."""
+    for n, img in enumerate(data["images"]):
+        tag = f"images[{n}]" + (f" (id {img.get('id')!r})" if isinstance(img, dict) else "")
+        if not isinstance(img, dict):
+            raise InputError(f"{path}: {tag} is not an object; {_FIX}")
+        if not _is_int(img.get("id")):
+            raise InputError(f"{path}: {tag} has no integer 'id'; {_FIX}")
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise InputError(f"{path}: {tag} has no 'file_name'; {_FIX}")
+        for key in ("width", "height"):
+            if not _is_int(img.get(key)) or img[key] <= 0:
+                raise InputError(f"{path}: {tag} needs a positive integer {key!r}, got {img.get(key)!r}; {_FIX}")
+    for n, ann in enumerate(data["annotations"]):
+        tag = f"annotations[{n}] (id {ann.get('id')!r})"
+        for key in ("image_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                raise InputError(f"{path}: {tag} needs an integer {key!r}, got {ann.get(key)!r}; {_FIX}")
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_finite(v) for v in bbox):
+            raise InputError(f"{path}: {tag} needs 'bbox' [x, y, width, height] of 4 numbers, got {bbox!r}; {_FIX}")
+        if not _is_finite(ann["score"]):
+            raise InputError(f"{path}: {tag} needs a numeric 'score', got {ann['score']!r}; {_FIX}")
+    for n, cat in enumerate(data.get("categories") or []):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise InputError(f"{path}: categories[{n}] needs an integer 'id' and a string 'name', got {cat!r}; {_FIX}")
+
+
+def _is_finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
 
 
 def convert_predictions(
