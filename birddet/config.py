@@ -64,7 +64,7 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 BatchSize = Annotated[int, Range(ge=1, le=65536)]
 Workers = Annotated[int, Range(ge=0, le=256)]
 Seed = Annotated[int, Range(ge=0, lt=2**32)]  # numpy's seed range; the trainer seeds numpy with it
-LearningRate = Annotated[float, Range(gt=0, le=10)]
+LearningRate = Annotated[float, Range(ge=0, le=10)]  # 0 freezes the weights (tests use it)
 WeightDecay = Annotated[float, Range(ge=0, le=10)]
 LayerDecay = Annotated[float, Range(gt=0, le=1)]
 WarmupIters = Annotated[int, Range(ge=0, le=10_000_000)]
