@@ -166,7 +166,10 @@ def test_non_positive_budget_is_refused(data_dir, tmp_path):  # noqa: F811
 
 def test_from_scratch_config_trains_photos_inside_a_budget(tmp_path):
     """The shipped recipe as a user runs it (only the budget and the heavy parts shrunk): photos of every shape, the
-    image cache filled, a plan made and kept, `best.pt` written, and the whole run inside its budget."""
+    image cache filled, a plan made and kept, `best.pt` written, and the whole run inside its budget.
+
+    The budget counts this process's CPU time (`train.budget_clock=cpu`) and so does the check: wall time on a shared
+    CI machine says how busy the machine was, not whether the run kept to its plan."""
     import json
     import time
 
@@ -189,13 +192,14 @@ def test_from_scratch_config_trains_photos_inside_a_budget(tmp_path):
             f"data.train.ann={photos['train']}", f"data.train.images={photos['images']}",
             f"data.val.ann={photos['val']}", f"data.val.images={photos['images']}",
             "model.backbone.preset=vit_reg4_tiny16_rms_avg", "model.image_size=128", "train.batch_size=4",
-            "data.workers=0", "train.device=cpu", "train.time_budget=0.25", "train.log_every=1",
+            "data.workers=0", "train.device=cpu", "train.time_budget=0.25", "train.budget_clock=cpu",
+            "train.log_every=1",
         ],
     )  # fmt: skip
     assert cfg.data.cache_images and cfg.model.backbone.weights is None and cfg.data.augment.mosaic == 0
-    start = time.perf_counter()
+    start = time.process_time()  # all threads of this process: the image cache's decoders too
     train(cfg, tmp_path / "run")
-    assert time.perf_counter() - start <= 0.25 * 60 * 1.1  # build, cache fill, training, evaluations, files
+    assert time.process_time() - start <= 0.25 * 60 * 1.1  # build, cache fill, training, evaluations, files
     plans = [r["budget_plan"] for r in read_log(tmp_path / "run") if "budget_plan" in r]
     assert plans and plans[0]["steps"] >= plans[0]["steps_per_epoch"]  # more than the measured first epoch
     stats = json.loads((tmp_path / "run" / "metrics.json").read_text())["stats"]

@@ -161,7 +161,7 @@ def test_run_writes_every_promised_file_and_metrics(full_run):
     assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and len(log) == summary["steps"]
     assert all(math.isfinite(r["loss_cls"]) for r in log)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["top1"] <= 1.0 and "top5" not in metrics  # three classes: no top-5
+    assert "top5" not in metrics  # three classes: no top-5 (top1 is checked against the confusion matrix below)
     assert [r["name"] for r in metrics["per_class"]] == ["songbird", "wader", "raptor"]
     counts = np.array(metrics["confusion_matrix"]["counts"])
     assert counts.shape == (3, 3) and counts.sum() == metrics["num_samples"]

@@ -266,11 +266,11 @@ def test_rollup_of_10000_classes_batch_64_is_vectorised() -> None:
         taxonomy.rollup(probs, 0.5)
         timings = []
         for _ in range(5):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time: a busy machine delays the call but does not add to it
             taxonomy.rollup(probs, 0.5)
-            timings.append(time.perf_counter() - start)
+            timings.append(time.process_time() - start)
     finally:
         torch.set_num_threads(threads)
-    # Budget is 5 ms on an idle CPU (about 1 ms measured); the bound is loose so a busy CI box does not
-    # flake, yet a per-class Python loop (hundreds of ms) would fail it.
+    # About 1 ms of CPU measured; the bound is loose (cache contention on a busy machine still costs some CPU time),
+    # yet a per-class Python loop (hundreds of ms) would fail it.
     assert min(timings) < 0.025

@@ -105,8 +105,10 @@ def test_eval_with_classifier_writes_species_metrics_and_two_stage_record(traine
     )
     two = metrics["two_stage"]
     assert two["score"].startswith("detection score x species probability")
-    assert two["classifier_top1"] is None or 0.0 <= two["classifier_top1"] <= 1.0
     results = json.loads((out / "results.json").read_text())
+    # The record says what the results say: top-1 over the detections matched to a bird (None when none matched).
+    top1, matched = classifier_top1_on_matches(load_ground_truth(d / "val.json"), results)
+    assert two["classifier_matched"] == matched and two["classifier_top1"] == (None if matched == 0 else top1)
     assert all(r["category_id"] in SPECIES for r in results) and len(results) == two["num_detections"]
     assert "classifier top-1" in capsys.readouterr().out
 

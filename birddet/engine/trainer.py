@@ -26,7 +26,11 @@ depend on what ran before it or on the number of loader workers. Together with t
 resumed run on CPU reproduces the losses of an uninterrupted one exactly.
 
 `train.max_steps` stops early (a smoke test, a benchmark) without changing the LR schedule, which always spans
-`train.epochs`; a run stopped that way resumes mid-epoch from the batch it stopped at.
+`train.epochs`; a run stopped that way resumes mid-epoch from the batch it stopped at. Such a stop is a pause, not
+the end of the run, so it adds no evaluation of its own: evaluations happen where an uninterrupted run has them (every
+`train.eval_every`-th epoch end and the end of training), and a resumed run ends with the same `best.pt`. Only a run
+paused before its first evaluation is evaluated at the pause, so that its folder has a `best.pt`; that `best.pt` is a
+stand-in (`best_provisional` in `last.pt`) which the run's next evaluation replaces whatever its score.
 
 `train.time_budget` (minutes) replaces `train.epochs` by a planned number of steps after the first epoch (see
 `birddet/engine/budget.py`; the last epoch may end part-way); the plan is a `budget_plan` line in `metrics.jsonl`
@@ -195,6 +199,9 @@ class RunState:
     best_score: float = -1.0  # the task's metric (AP, top-1) of best.pt; saved as `best_<metric>`
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    # best.pt (and the last history entry) come from an evaluation at a max_steps pause that an uninterrupted run
+    # would not make: the next evaluation replaces them whatever its score.
+    best_provisional: bool = False
 
 
 def rng_states() -> dict[str, Any]:
@@ -441,6 +448,7 @@ class Trainer:
         s.epoch, s.step, s.batches_done = int(training["epoch"]), int(training["step"]), int(training["batches_done"])
         s.best_score, s.best_epoch = float(training[self.best_key]), int(training["best_epoch"])
         s.history = list(training["history"])
+        s.best_provisional = bool(training.get("best_provisional", False))  # absent in runs saved before it existed
         per_rank = training.get("rng_per_rank")
         if per_rank and len(per_rank) == self.ctx.world_size:
             set_rng_states(per_rank[self.ctx.rank])
@@ -500,6 +508,7 @@ class Trainer:
             "batches_done": s.batches_done,
             self.best_key: s.best_score,
             "best_epoch": s.best_epoch,
+            "best_provisional": s.best_provisional,
             "history": s.history,
             "rng": rng_per_rank[0],
             # Every rank draws its own RPN/RoI samples: a resumed DDP run continues exactly only if each rank gets
@@ -521,9 +530,13 @@ class Trainer:
         D.barrier()
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def evaluate(self, epoch: int) -> float:
+    def evaluate(self, epoch: int, *, provisional: bool = False) -> float:
         """Validation score of the weights being kept (EMA when on); writes `best.pt` and `metrics.json` when it
-        improves."""
+        improves. `provisional`: an evaluation at a max_steps pause (see the module docstring), which the next
+        evaluation replaces."""
+        s = self.state
+        if s.best_provisional:  # forget the pause's evaluation: from here on the run is the uninterrupted one
+            s.history, s.best_score, s.best_epoch, s.best_provisional = s.history[:-1], -1.0, -1, False
         model = self.ema.module if self.ema is not None else self.net
         outcome = self.task.validate(model)
         if self.ctx.is_main:
@@ -544,6 +557,7 @@ class Trainer:
         self.state.history, self.state.best_score, self.state.best_epoch = D.broadcast_object(
             (self.state.history, self.state.best_score, self.state.best_epoch)
         )
+        s.best_provisional = provisional
         return self.state.best_score
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -612,8 +626,8 @@ class Trainer:
         a = self.cfg.train.accumulate
         return [batches[i : i + a] for i in range(0, len(batches), a)]
 
-    def _train_epoch(self, epoch: int) -> bool:
-        """Run the rest of `epoch`; True when `train.max_steps` stopped it."""
+    def _train_epoch(self, epoch: int) -> str | None:
+        """Run the rest of `epoch`; why it stopped early: "max_steps" (a pause), "budget" (the end), or None."""
         from tqdm import tqdm
 
         t = self.cfg.train
@@ -660,29 +674,33 @@ class Trainer:
                     self._log(self._record(epoch, sums, lr, grad_norm, seen / max(time.perf_counter() - tick, 1e-9)))
                     tick, seen = time.perf_counter(), 0
                 if t.max_steps is not None and s.step >= t.max_steps:
-                    return True
+                    return "max_steps"
                 if self._budget_spent():
-                    return True
-            return False
+                    return "budget"
+            return None
         finally:
             bar.close()
 
     def fit(self) -> dict[str, Any]:
         t = self.cfg.train
         s = self.state
-        stopped = t.max_steps is not None and s.step >= t.max_steps
-        stopped = stopped or self._budget_spent()
+        budget_stop = self._budget_spent()
+        stopped = budget_stop or (t.max_steps is not None and s.step >= t.max_steps)
         clock = self.budget.elapsed if self.budget is not None else time.perf_counter
         started = clock()
         while s.epoch < self.epochs and not stopped:
             epoch = s.epoch
             batches_before = s.batches_done
-            stopped = self._train_epoch(epoch)
+            stop = self._train_epoch(epoch)
+            stopped = stop is not None
             fraction_run = max(1, s.batches_done - batches_before) / self.batches_per_epoch
             epoch_done = s.batches_done >= self.batches_per_epoch
             if epoch_done:
                 s.epoch, s.batches_done = epoch + 1, 0
-            final = stopped or s.epoch >= self.epochs or self._budget_spent()
+            # The end of training; a max_steps stop alone is a pause, and evaluating there would give the run an
+            # evaluation (and maybe a best.pt) that the same run without the pause never has.
+            budget_stop = stop == "budget" or self._budget_spent()
+            final = s.epoch >= self.epochs or budget_stop
             eval_s = None
             if (epoch_done and (epoch + 1) % t.eval_every == 0) or final or self._budget_needs_eval(epoch_done):
                 eval_started = clock()
@@ -699,8 +717,11 @@ class Trainer:
             epoch_s, started = (now - started - (eval_s or 0.0)) / fraction_run, now
             if epoch_done and self.budget is not None and self._plan_budget(epoch, epoch_s, eval_s):
                 self.save_last()  # the plan is part of the training state a resume continues
-        if s.best_epoch < 0:  # resumed a finished run or stopped before any evaluation: evaluate once
-            self.evaluate(max(s.epoch - 1, 0))
+        finished = s.epoch >= self.epochs or budget_stop
+        if s.best_epoch < 0 or (s.best_provisional and not finished):
+            # Resumed a finished run, or paused before any evaluation (again): evaluate once, so the folder has a
+            # best.pt; at a pause it is provisional, and the run's next evaluation replaces it.
+            self.evaluate(max(s.epoch - 1, 0), provisional=not finished)
             self.save_last()
         return self.summary()
 
