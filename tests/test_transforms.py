@@ -140,7 +140,7 @@ def test_defaults_leave_todays_pipeline_unchanged():
 
 
 def test_copy_paste_adds_source_birds_at_their_relative_size_without_overlap():
-    from birddet.data.transforms import PASTE_MAX_IOU, paste_boxes
+    from birddet.data.transforms import PASTE_MAX_COVER, paste_boxes
 
     target = _painted(200, 300, [(10, 10, 60, 60)], [1])
     # The source photo is twice as large: its 80x60 bird becomes 40x30 in the target.
@@ -153,12 +153,30 @@ def test_copy_paste_adds_source_birds_at_their_relative_size_without_overlap():
         assert (w, h) == pytest.approx((40, 30) if lab == 2 else (40, 40), abs=1.0)
         inner = image[int(box[1]) + 2 : int(box[3]) - 2, int(box[0]) + 2 : int(box[2]) - 2]
         assert _colour_mask(inner, int(lab)).mean() > 0.97
-    from birddet.data.transforms import _iou
+    from birddet.data.transforms import covered_fraction
 
-    for i in range(len(boxes)):
-        others = np.delete(boxes, i, axis=0)
-        assert _iou(boxes[i], others).max() <= PASTE_MAX_IOU
+    for i in range(1, len(boxes)):  # each paste covers (box only, here) at most PASTE_MAX_COVER of every earlier box
+        assert covered_fraction(boxes[i], boxes[:i]).max() <= PASTE_MAX_COVER
     assert _colour_mask(image, 1)[10:60, 10:60].all()  # the original bird is untouched
+
+
+def test_copy_paste_never_buries_a_small_bird_under_a_large_paste():
+    """A 12 px bird under a 90 px paste has IoU < 0.02 with it; the paste (its feathered margin included) must not lie
+    over the bird, or the bird's box and label would sit on pixels that now show another bird."""
+    from birddet.data.transforms import PASTE_MARGIN, covered_fraction, paste_boxes
+
+    small = (60, 40, 72, 52)
+    target = _painted(120, 200, [small], [1])  # a 200 x 120 photo with one 12 px bird
+    source = _painted(120, 200, [(20, 10, 110, 100)], [2])  # a 90 px bird, the same size in the target
+    for seed in range(40):
+        np.random.seed(seed)
+        image, boxes, labels = paste_boxes(*target, source)
+        assert _colour_mask(image, 1)[40:52, 60:72].all(), f"seed {seed}: the small bird was painted over"
+        for box in boxes[1:]:
+            w, h = box[2] - box[0], box[3] - box[1]
+            patch = np.array([box[0] - PASTE_MARGIN * w, box[1] - PASTE_MARGIN * h, box[2] + PASTE_MARGIN * w,
+                              box[3] + PASTE_MARGIN * h])  # fmt: skip
+            assert covered_fraction(patch, np.array([small], np.float32)).max() <= 0.05 + 1e-6
 
 
 def test_dataset_hands_mosaic_its_other_images(tmp_path):
