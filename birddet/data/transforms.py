@@ -69,13 +69,15 @@ PASTE_MAX_COVER = 0.05
 PASTE_MARGIN = 0.15
 
 
+#: The detector's normalisation when the backbone starts from random weights and the config names no statistics.
+IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
 def pad_fill(rgb_stats: Mapping[str, Sequence[float]] | None = None) -> tuple[int, int, int]:
     """The uint8 RGB padding colour for a model normalised with `rgb_stats`: its mean, which the detector's
     normalisation turns into 0, the value torchvision pads eval and predict batches with. None means the
-    detector's default stats (ImageNet's, `models.detector.IMAGENET_RGB_STATS`)."""
+    detector's default stats (`IMAGENET_RGB_STATS`)."""
     if rgb_stats is None:
-        from birddet.models.detector import IMAGENET_RGB_STATS
-
         rgb_stats = IMAGENET_RGB_STATS
     mean = [float(m) for m in rgb_stats["mean"]]
     if len(mean) != 3:

@@ -38,8 +38,6 @@ from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, tiled_detect
 
-# Used when the backbone starts from random weights and the config names no statistics.
-IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 class ViTDetBackbone(nn.Module):
@@ -397,6 +395,8 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
     square = m.fixed_square and m.min_size is None and m.max_size is None
     if square and m.image_size % 32:
         raise InputError(f"model.image_size must be a multiple of 32 for a fixed square input, got {m.image_size}")
+    from birddet.data.transforms import IMAGENET_RGB_STATS
+
     body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
     m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
     p = m.pyramid
