@@ -39,7 +39,6 @@ from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, tiled_detect
 
 
-
 class ViTDetBackbone(nn.Module):
     """ViT neck -> simple feature pyramid. Input: normalised, padded images [B, 3, H, W] (H, W multiples of 16).
     Output: OrderedDict `p2`..`p6` of [B, out_channels, H/stride, W/stride]."""
