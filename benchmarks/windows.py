@@ -8,7 +8,7 @@ network object with the same weights*, switched with `set_window_attention` betw
 alternate call by call, so load from other processes on a shared machine hits both alike; the tables show
 medians. FLOPs count attention analytically where torch's counter has no formula (benchmarks/flops.py).
 
-On a shared CPU machine run it as `birddet` runs (the CLI's default, see birddet/cli.py):
+On a shared CPU machine run it as `birddet` runs (the CLI's default, see birddet/cli/__init__.py):
 `OMP_WAIT_POLICY=PASSIVE python benchmarks/windows.py ...`; spinning OpenMP threads make timings 4-5x slower and
 far noisier under load (benchmarks/threads.py).
 
