@@ -90,7 +90,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "classifier-val-categories-by-position",
         "birddet/data/crops.py",
-        "return {cid: index[name.casefold()] for cid, name in names.items() if name.casefold() in index}",
+        "return alignment.to_model  # a class index is the classifier's \"category id\"",
         "return {cid: i for i, cid in enumerate(sorted(names))}",
         ("tests/test_classifier_training.py", GUARDS),
         named=True,
@@ -108,8 +108,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "two-stage-eval-crops-xywh-as-xyxy",
         "birddet/engine/two_stage.py",
-        "boxes[:, 2:] += boxes[:, :2]\n            results.extend(",
-        "pass\n            results.extend(",
+        "boxes[:, 2:] += boxes[:, :2]\n            # Results are in the image's frame",
+        "pass\n            # Results are in the image's frame",
         ("tests/test_two_stage.py", GUARDS),
         named=True,
         why="eval --classifier crops COCO [x, y, w, h] boxes as if they were [x0, y0, x1, y1]",
