@@ -33,13 +33,11 @@ from birddet.backbone.presets import get_preset
 from birddet.backbone.vit import ViT
 from birddet.backbone.weights import load_backbone
 from birddet.config import Config
+from birddet.data.transforms import IMAGENET_RGB_STATS  # re-exported: the default stats lived here before
 from birddet.errors import InputError
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, tiled_detect
-
-# Used when the backbone starts from random weights and the config names no statistics.
-IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 class ViTDetBackbone(nn.Module):
