@@ -191,7 +191,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "category-of-label-reversed",
-        "birddet/data/coco.py",
+        "birddet/data/categories.py",
         "return self.coco_ids[int(label) - 1]",
         "return self.coco_ids[-int(label)]",
         ("tests/test_coco_data.py", "tests/test_evaluator.py", GUARDS),

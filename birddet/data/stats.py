@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from birddet.data.coco import load_coco_dataset
+from birddet.data.coco_validation import load_coco_dataset
 from birddet.data.images import ImageLoadError, load_image
 from birddet.fileio import atomic_path, atomic_write_json
 

@@ -112,7 +112,7 @@ class BirdDetector(nn.Module):
     """
 
     def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
-        from birddet.data.coco import CategoryMap
+        from birddet.data.categories import CategoryMap
 
         super().__init__()
         self.model = model
