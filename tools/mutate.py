@@ -90,7 +90,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "classifier-val-categories-by-position",
         "birddet/data/crops.py",
-        "return alignment.to_model  # a class index is the classifier's \"category id\"",
+        'return alignment.to_model  # a class index is the classifier\'s "category id"',
         "return {cid: i for i, cid in enumerate(sorted(names))}",
         ("tests/test_classifier_training.py", GUARDS),
         named=True,
@@ -191,7 +191,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "category-of-label-reversed",
-        "birddet/data/coco.py",
+        "birddet/data/categories.py",
         "return self.coco_ids[int(label) - 1]",
         "return self.coco_ids[-int(label)]",
         ("tests/test_coco_data.py", "tests/test_evaluator.py", GUARDS),

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from birddet.data.coco import (
+from birddet.data.categories import CategoryMap, align_categories
+from birddet.data.coco_validation import (
     MAX_IDS_SHOWN,
-    CategoryMap,
     ValidationReport,
-    align_categories,
     escapes_root,
     fatal_message,
     first_ids,

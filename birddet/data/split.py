@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from birddet.data.coco import load_coco_dataset
+from birddet.data.coco_validation import load_coco_dataset
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from birddet.data.coco import load_coco_dataset
+from birddet.data.coco_validation import load_coco_dataset
 from birddet.data.images import ImageLoadError, load_image
 from birddet.fileio import atomic_path, atomic_write_json
 
@@ -201,8 +201,8 @@ def _plot(stats: dict[str, Any], raw: dict[str, Any], path: Path) -> None:
 
 def _gallery(data: dict[str, Any], root: Path, path: Path, count: int, seed: int, thumb: int = 320) -> None:
     """Sample images (with boxes first), draw their boxes with the pipeline's drawing code, tile them in a grid."""
+    from birddet.pipeline.results import Detection
     from birddet.pipeline.visualize import draw_detections
-    from birddet.pipeline.writers import Detection
 
     names = {c["id"]: c["name"] for c in data["categories"]}
     by_image: dict[int, list[dict[str, Any]]] = {}

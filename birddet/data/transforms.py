@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "IMAGENET_RGB_STATS",
     "EvalTransform",
     "TrainTransform",
     "build_eval_transforms",
@@ -55,6 +56,9 @@ __all__ = [
     "to_tensor",
 ]
 
+#: The detector's normalisation when the backbone starts from random weights and the config names no statistics
+#: (`models.detector.build_detector`); here, below the detector, because `pad_fill` pads with its mean.
+IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 #: Fraction of a box's area that must survive a crop for the box (and its label) to be kept.
 MIN_VISIBILITY = 0.3
 #: Boxes thinner than this many pixels after a transform are dropped (they cannot be regressed meaningfully).
@@ -67,10 +71,6 @@ MOSAIC_EXTRA = 3
 #: of `PASTE_MARGIN` of its size, feathered to transparent, so no hard rectangle edge is learnt.
 PASTE_MAX_COVER = 0.05
 PASTE_MARGIN = 0.15
-
-
-#: The detector's normalisation when the backbone starts from random weights and the config names no statistics.
-IMAGENET_RGB_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def pad_fill(rgb_stats: Mapping[str, Sequence[float]] | None = None) -> tuple[int, int, int]:

@@ -33,6 +33,7 @@ from birddet.backbone.presets import get_preset
 from birddet.backbone.vit import ViT
 from birddet.backbone.weights import load_backbone
 from birddet.config import Config
+from birddet.data.transforms import IMAGENET_RGB_STATS  # re-exported: the default stats lived here before
 from birddet.errors import InputError
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
@@ -111,7 +112,7 @@ class BirdDetector(nn.Module):
     """
 
     def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
-        from birddet.data.coco import CategoryMap
+        from birddet.data.categories import CategoryMap
 
         super().__init__()
         self.model = model
@@ -394,8 +395,6 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
     square = m.fixed_square and m.min_size is None and m.max_size is None
     if square and m.image_size % 32:
         raise InputError(f"model.image_size must be a multiple of 32 for a fixed square input, got {m.image_size}")
-    from birddet.data.transforms import IMAGENET_RGB_STATS
-
     body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
     m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
     p = m.pyramid

@@ -5,22 +5,10 @@ converted to 8-bit RGB, failures turned into a reason string) -> the detector ru
 a score of at least ``classify_conf`` in the batch is cropped, and all crops go through the classifier in one pass
 -> :class:`ImageResult` per image. Boxes are in the pixels of the image as displayed.
 
-Long runs never lose finished work. Results are appended to ``OUT/progress.jsonl`` every ``checkpoint_every``
-images: the first line records the settings that shape results, each further line is one finished image
-(``ImageResult.to_dict``), written with a single ``write`` + ``fsync``; a line cut short by a crash is ignored on
-resume. ``--resume`` keeps every image that succeeded and **retries images that failed** (a file may have been
-fixed or finished copying since), after checking that the settings match. Ctrl-C writes the final output files
-for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
-finished folder only rewrites the outputs. A full disk stops the run with one line (``progress.jsonl`` keeps
-every finished image; appends are whole lines or nothing).
-
-The output folder belongs to one run (docs/your-files.md): the run holds ``OUT/birddet.lock`` (`birddet.runlock`),
-and a run without ``--resume`` into a folder holding an earlier run (progress files, outputs, manifest) is
-refused unless ``--overwrite`` is given, which deletes those files first. The user's photos are read-only: a run
-that would write any file (an output, a progress file, an annotated copy) over one of its own input files, the
-same file by device and inode, is refused before anything is written, and a ``--out`` inside a SOURCE folder is
-left out of that folder's listing. The output files are written as one set with a manifest
-(`birddet.pipeline.writers.write_outputs`); ``--resume`` warns when a kill left them torn, and rewrites them.
+Long runs never lose finished work: finished images are appended to ``OUT/progress.jsonl`` as the run goes
+(`birddet.pipeline.progress`), ``--resume`` keeps the ones that succeeded and retries the failures, and Ctrl-C
+writes the final output files for the finished images before exiting. The output folder belongs to one run and
+the user's photos are never written over (`birddet.pipeline.run_folder`).
 
 ``torchrun --nproc_per_node=N tools/predict.py ...`` splits the run over N processes: each rank predicts a strided
 shard and keeps its own progress file, and rank 0 writes the same output files a one-process run writes (see
@@ -38,17 +26,15 @@ only with ``--batch-size 1``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
@@ -61,113 +47,23 @@ from birddet.data.images import (
     load_image,
     loader_slots,
 )
-from birddet.engine import distributed
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
-from birddet.fileio import append_text, atomic_path, remove_stale_temps
 from birddet.models.detector import BirdDetector
+from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
+from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
+from birddet.pipeline.results import Detection, ImageResult
+from birddet.pipeline.run_folder import _annotated_path, _claim_folder, _clear_earlier_run
 from birddet.pipeline.shards import Shard, check_resume_layout, join, leave, merge_results
 from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
-from birddet.pipeline.tiling import TileOptions
 from birddet.pipeline.visualize import save_annotated
-from birddet.pipeline.writers import (
-    MANIFEST_NAME,
-    OUTPUT_NAMES,
-    Detection,
-    ImageResult,
-    check_outputs,
-    write_outputs,
-)
-from birddet.runlock import LOCK_NAME, RunLock
+from birddet.pipeline.writers import write_outputs
 
 __all__ = ["PROGRESS_NAME", "PredictOptions", "run_prediction"]
 
 logger = logging.getLogger(__name__)
-
-PROGRESS_NAME = "progress.jsonl"
-PROGRESS_VERSION = 1
-
-
-@dataclass
-class PredictOptions:
-    """Every knob of a prediction run; the CLI fills it from its flags (see ``birddet predict --help``)."""
-
-    conf: float = 0.1
-    classifier: str | None = None
-    use_classifier: bool = True
-    classify_conf: float = 0.1
-    top_k: int = 5
-    taxon: str | None = None
-    species_list: str | None = None
-    common_names: str | None = None
-    rollup_threshold: float = 0.5
-    formats: list[str] = field(default_factory=lambda: ["megadetector", "coco", "csv"])
-    save_images: bool = False
-    batch_size: int = 4
-    workers: int = 2
-    device: str = "auto"
-    amp: bool = False
-    resume: bool = False
-    # Replace an earlier run in the output folder (its progress files, outputs and manifest are deleted first).
-    overwrite: bool = False
-    checkpoint_every: int = 500
-    # Crop side for the classifier (a multiple of 16); None = the size the classifier file was trained at.
-    classifier_size: int | None = None
-    # Sliced inference (birddet.pipeline.tiling): window side in original pixels, None = one resized pass.
-    tile: int | None = None
-    tile_overlap: float = 0.25
-    full_image: bool = True
-    merge: str = "nms"
-    merge_match: str = "iou"
-    merge_threshold: float = 0.5
-    # Boxes per image; None = the checkpoint's model.roi_heads.detections_per_img (tiled: of the merged boxes).
-    max_dets: int | None = None
-    # Lowest score drawn by --save-images (the files get everything >= conf): weak boxes make a picture unreadable.
-    draw_conf: float = 0.3
-    # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
-    # quarter of the available memory, never less than one image at the per-image cap.
-    decode_budget: float | None = None
-
-    def tile_options(self) -> TileOptions | None:
-        """The tiling settings as `TileOptions` (validated), or None for an untiled run."""
-        if self.tile is None:
-            return None
-        return TileOptions(
-            size=self.tile,
-            overlap=self.tile_overlap,
-            full_image=self.full_image,
-            merge=self.merge,  # type: ignore[arg-type]
-            match=self.merge_match,  # type: ignore[arg-type]
-            match_threshold=self.merge_threshold,
-            batch_size=self.batch_size,
-        )
-
-    def validate(self) -> None:
-        """Reject impossible values before any model is loaded, so a typo costs nothing."""
-        for name in ("conf", "classify_conf", "rollup_threshold", "draw_conf"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-        for name, low in (("top_k", 1), ("batch_size", 1), ("workers", 0), ("checkpoint_every", 1)):
-            value = getattr(self, name)
-            if value < low:
-                raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-        if self.decode_budget is not None and not self.decode_budget > 0:
-            raise InputError(f"--decode-budget must be a positive number of megapixels, got {self.decode_budget}")
-        if self.max_dets is not None and self.max_dets < 1:
-            raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
-        self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
-        if self.resume and self.overwrite:
-            raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
-        if not self.use_classifier and (self.taxon or self.species_list):
-            raise InputError("--taxon and --species-list restrict the species classifier; drop --no-classifier")
-        if not self.formats:
-            raise InputError(f"--format names no output; choose from {', '.join(OUTPUT_NAMES)}")
-        unknown = [f for f in self.formats if f not in OUTPUT_NAMES]
-        if unknown:
-            raise InputError(f"unknown --format {', '.join(unknown)}; choose from {', '.join(OUTPUT_NAMES)}")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -249,82 +145,6 @@ def image_loader(paths: Sequence[Path], options: PredictOptions, device: torch.d
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-
-
-# -- progress file -------------------------------------------------------------------------------------------
-
-
-_MISSING = object()
-
-
-def _shown(settings: dict[str, Any], key: str) -> str:
-    """A setting's value for the resume error; a progress file written before birddet recorded it says so."""
-    return repr(settings[key]) if key in settings else "(not recorded)"
-
-
-class ProgressLog:
-    """Append-only record of finished images in ``OUT/progress.jsonl`` (see the module docstring)."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path = path
-        self.settings = settings
-
-    def start(self, *, resume: bool) -> dict[str, ImageResult]:
-        """Open the log; with ``resume``, return the successful results it holds (keyed by absolute path).
-
-        The log is rewritten atomically with only what is kept, which also drops a torn last line, so appends
-        that follow always start on a clean line.
-        """
-        kept: dict[str, ImageResult] = {}
-        if resume and self.path.is_file():
-            kept = self._read()
-        elif resume:
-            logger.warning("--resume: no %s in %s yet; starting from the first image", self.path.name, self.path.parent)
-        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"birddet_progress": PROGRESS_VERSION, "settings": self.settings}) + "\n")
-            for r in kept.values():
-                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        return kept
-
-    def _read(self) -> dict[str, ImageResult]:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            header = {}
-        if header.get("birddet_progress") != PROGRESS_VERSION:
-            raise InputError(f"{self.path} is not a birddet progress file; delete it or choose another --out")
-        old = header.get("settings", {})
-        changed = sorted(k for k in set(old) | set(self.settings) if old.get(k, _MISSING) != self.settings.get(k))
-        if changed:
-            detail = ", ".join(f"{k}: {_shown(old, k)} -> {_shown(self.settings, k)}" for k in changed)
-            raise InputError(
-                f"cannot --resume in {self.path.parent}: settings differ from the interrupted run ({detail}); "
-                "use the same options, or drop --resume to start again"
-            )
-        kept: dict[str, ImageResult] = {}
-        for lineno, line in enumerate(lines[1:], start=2):
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                if lineno == len(lines):
-                    logger.warning("%s: ignoring a last line cut short by an interruption", self.path)
-                    continue
-                raise InputError(f"{self.path} line {lineno} is damaged; delete the file to start again") from None
-            result = ImageResult.from_dict(data)
-            if result.failure is None:  # failures are retried
-                kept[result.path] = result
-            else:
-                kept.pop(result.path, None)
-        return kept
-
-    def append(self, results: Sequence[ImageResult]) -> None:
-        """Append ``results`` in one write and fsync, so a kill loses at most this call's lines."""
-        if not results:
-            return
-        append_text(self.path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results))
 
 
 # -- the run -------------------------------------------------------------------------------------------------
@@ -430,15 +250,6 @@ def _process_batch(
     return [results[i] for i, _, _ in batch]
 
 
-def _annotated_path(out_dir: Path, file: str) -> Path:
-    """Where ``--save-images`` writes the annotated copy of ``file``: ``OUT/images/<file>`` (+ ``.jpg`` when
-    Pillow cannot write that extension)."""
-    target = out_dir / "images" / file
-    if Image.registered_extensions().get(target.suffix.lower()) is None:
-        target = target.with_name(target.name + ".jpg")
-    return target
-
-
 def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
     """Annotated copy at ``OUT/images/<file>`` of the boxes scoring at least ``draw_conf``; a failure here costs
     the picture, not the run."""
@@ -448,104 +259,6 @@ def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
         save_annotated(TF.to_pil_image(image), shown, target, run.taxonomy)
     except (OSError, ValueError) as exc:
         logger.warning("could not write annotated image %s: %s", target, exc)
-
-
-# -- the output folder: the user's photos, one run, an earlier run -------------------------------------------------
-
-
-def _progress_files(out_dir: Path) -> list[Path]:
-    """Every progress file in ``out_dir``: a one-process run's and each rank's of a torchrun run."""
-    return [out_dir / PROGRESS_NAME, *sorted(out_dir.glob("progress.rank*-of-*.jsonl"))]
-
-
-def _run_files(out_dir: Path) -> list[Path]:
-    """The files of an earlier run in ``out_dir`` (progress, outputs, manifest) that exist."""
-    names = (*OUTPUT_NAMES.values(), MANIFEST_NAME)
-    return [p for p in (*_progress_files(out_dir), *(out_dir / n for n in names)) if p.exists()]
-
-
-def _protect_sources(items: Sequence[SourceImage], out_dir: Path, options: PredictOptions) -> None:
-    """Refuse, before anything is written, a run that would write over one of its own input files.
-
-    "The same file" is the same device and inode (what ``os.path.samefile`` compares), so a symlinked folder, a
-    relative path or a hard link is caught as well as the plain case: ``predict ds/images --out ds
-    --save-images`` would put each annotated copy at ``ds/images/<file>``, which is the photo itself.
-    """
-    inputs: dict[tuple[int, int], Path] = {}
-    for src in items:
-        try:
-            st = src.path.stat()
-        except OSError:
-            continue  # a missing list entry: nothing to protect
-        inputs[(st.st_dev, st.st_ino)] = src.path
-    fixed = (LOCK_NAME, MANIFEST_NAME, *OUTPUT_NAMES.values())
-    targets = [(out_dir / name, "an output file") for name in fixed]
-    targets += [(p, "a progress file") for p in _progress_files(out_dir)]
-    if options.save_images:
-        targets += [(_annotated_path(out_dir, src.file), "its annotated copy, --save-images") for src in items]
-    hits: list[tuple[Path, str, Path]] = []
-    for target, what in targets:
-        try:
-            st = target.stat()
-        except OSError:
-            continue
-        if (source := inputs.get((st.st_dev, st.st_ino))) is not None:
-            hits.append((target, what, source))
-    if hits:
-        target, what, source = hits[0]
-        more = f" ({len(hits)} source files in all)" if len(hits) > 1 else ""
-        raise InputError(
-            f"refusing to write {target} ({what}): it is the source file {source}{more}; birddet never writes "
-            "over its input files: choose an --out folder that does not hold the photos"
-        )
-
-
-def _claim_folder(out_dir: Path, items: Sequence[SourceImage], options: PredictOptions, shard: Shard) -> RunLock | None:
-    """Rank 0 checks the sources are safe, takes the folder's lock and checks for an earlier run; every rank
-    gets rank 0's verdict, so no rank touches a progress file of a folder another run holds."""
-    lock: RunLock | None = None
-    failure: InputError | None = None
-    if shard.is_main:
-        try:
-            _protect_sources(items, out_dir, options)
-            lock = RunLock(out_dir, "predict").acquire()
-            remove_stale_temps(out_dir / "images", recursive=True)  # annotated copies cut short by a kill
-            earlier = _run_files(out_dir)
-            if earlier and not options.resume and not options.overwrite:
-                raise InputError(
-                    f"{out_dir} already holds a prediction run ({', '.join(p.name for p in earlier)}); pass "
-                    "--resume to continue it, --overwrite to replace it, or choose another --out"
-                )
-            if options.resume and (torn := check_outputs(out_dir)):
-                logger.warning(
-                    "the output files in %s are not one set (%s): a run was stopped while writing them; "
-                    "this run rewrites them",
-                    out_dir, "; ".join(torn),
-                )  # fmt: skip
-        except InputError as exc:
-            failure = exc
-            if lock is not None:
-                lock.release()
-    verdict = distributed.broadcast_object(None if failure is None else str(failure))
-    if failure is not None:
-        raise failure
-    if verdict is not None:
-        raise InputError(verdict)
-    return lock
-
-
-def _clear_earlier_run(out_dir: Path, options: PredictOptions, shard: Shard) -> None:
-    """``--overwrite``: rank 0 deletes the earlier run's progress files, outputs and manifest (never annotated
-    images, which may sit among the user's files); the other ranks wait, then start their own progress files."""
-    if options.overwrite and shard.is_main:
-        earlier = _run_files(out_dir)
-        for p in earlier:
-            p.unlink(missing_ok=True)
-        if earlier:
-            logger.warning(
-                "--overwrite: deleted %s of the earlier run in %s", ", ".join(p.name for p in earlier), out_dir
-            )
-    distributed.barrier()
 
 
 def _settings(

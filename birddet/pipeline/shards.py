@@ -31,7 +31,7 @@ import torch
 
 from birddet.engine import distributed
 from birddet.errors import InputError
-from birddet.pipeline.writers import ImageResult
+from birddet.pipeline.results import ImageResult
 
 T = TypeVar("T")
 

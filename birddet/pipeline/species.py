@@ -24,8 +24,8 @@ from birddet.backbone.vit import ViT
 from birddet.backbone.weights import REGISTERED_WEIGHTS, BackboneInfo, WeightsError, cache_dir, load_backbone
 from birddet.errors import InputError
 from birddet.models.classifier import CROP_MARGIN, crops_for_classifier
+from birddet.pipeline.results import Classification
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
-from birddet.pipeline.writers import Classification
 
 __all__ = ["CROP_MARGIN", "SpeciesClassifier", "SpeciesResult", "default_classifier_source"]
 

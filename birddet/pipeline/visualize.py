@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from birddet.fileio import atomic_path
+from birddet.pipeline.results import Detection
 from birddet.pipeline.taxonomy import Taxonomy
-from birddet.pipeline.writers import Detection
 
 # Tableau-like palette: distinct hues that stay visible on foliage, sky and snow.
 PALETTE: tuple[tuple[int, int, int], ...] = (

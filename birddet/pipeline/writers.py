@@ -1,7 +1,7 @@
 """Prediction results and the files they are written to: MegaDetector batch JSON, COCO JSON, CSV.
 
-The result model (:class:`ImageResult` > :class:`Detection` > :class:`Classification`) is what the predict
-pipeline fills; it round-trips through ``to_dict``/``from_dict`` so a long run can checkpoint and resume.
+The result model (:class:`ImageResult` > :class:`Detection` > :class:`Classification`, `birddet.pipeline.results`)
+is what the predict pipeline fills and these writers read.
 
 Every writer follows a published format exactly (the MegaDetector output format as documented at
 https://lila.science/megadetector-output-format, and the COCO dataset format that pycocotools reads), because
@@ -23,14 +23,14 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json, atomic_write_set, atomic_write_text, csv_text
-from birddet.pipeline.taxonomy import Rollup, Taxonomy
+from birddet.pipeline.results import Classification, Detection, ImageResult  # noqa: F401 (re-exported, lived here)
+from birddet.pipeline.taxonomy import Taxonomy
 
 MEGADETECTOR_FORMAT_VERSION = "1.4"
 OUTPUT_NAMES: dict[str, str] = {"megadetector": "megadetector.json", "coco": "coco.json", "csv": "predictions.csv"}
@@ -53,115 +53,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "rollup_score",
     "failure",
 )
-
-
-# -- result model ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Classification:
-    """One species guess for a crop: classifier class index and its probability."""
-
-    class_index: int
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {"class_index": self.class_index, "score": self.score}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Classification:
-        """Inverse of :meth:`to_dict`."""
-        return cls(int(data["class_index"]), float(data["score"]))
-
-
-@dataclass
-class Detection:
-    """One detected object.
-
-    ``box_xyxy`` is in absolute pixels of the image as displayed (after EXIF orientation), which is the frame
-    both the normalised MegaDetector box and the pixel COCO box are derived from. ``classifications`` is the
-    classifier's top-k, highest first; ``rollup`` the deepest confident taxon (None without a classifier).
-    """
-
-    box_xyxy: tuple[float, float, float, float]
-    score: float
-    category_id: int
-    category_name: str
-    classifications: list[Classification] = field(default_factory=list)
-    rollup: Rollup | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "box_xyxy": [float(v) for v in self.box_xyxy],
-            "score": float(self.score),
-            "category_id": int(self.category_id),
-            "category_name": self.category_name,
-            "classifications": [c.to_dict() for c in self.classifications],
-            "rollup": None if self.rollup is None else self.rollup.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Detection:
-        """Inverse of :meth:`to_dict`."""
-        x1, y1, x2, y2 = (float(v) for v in data["box_xyxy"])
-        rollup = data.get("rollup")
-        return cls(
-            box_xyxy=(x1, y1, x2, y2),
-            score=float(data["score"]),
-            category_id=int(data["category_id"]),
-            category_name=str(data["category_name"]),
-            classifications=[Classification.from_dict(c) for c in data.get("classifications") or []],
-            rollup=None if rollup is None else Rollup.from_dict(rollup),
-        )
-
-
-@dataclass
-class ImageResult:
-    """Everything predicted for one image, or why it failed.
-
-    ``file`` is the path relative to its source root with ``/`` separators (what output files show);
-    ``path`` the absolute path (what the annotated-image writer and resume logic use). ``width``/``height``
-    are the displayed size and may be None only for failures.
-    """
-
-    file: str
-    path: str
-    width: int | None
-    height: int | None
-    detections: list[Detection] = field(default_factory=list)
-    failure: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return {
-            "file": self.file,
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-            "detections": [d.to_dict() for d in self.detections],
-            "failure": self.failure,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ImageResult:
-        """Inverse of :meth:`to_dict`; a damaged checkpoint entry raises InputError naming the image."""
-        try:
-            return cls(
-                file=str(data["file"]),
-                path=str(data["path"]),
-                width=None if data.get("width") is None else int(data["width"]),
-                height=None if data.get("height") is None else int(data["height"]),
-                detections=[Detection.from_dict(d) for d in data.get("detections") or []],
-                failure=None if data.get("failure") is None else str(data["failure"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            where = data.get("file", "?") if isinstance(data, Mapping) else "?"
-            raise InputError(
-                f"checkpoint entry for image {where!r} is damaged ({type(exc).__name__}: {exc}); "
-                "delete the checkpoint to start the run again"
-            ) from None
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------

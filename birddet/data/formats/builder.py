@@ -1,7 +1,7 @@
 """What every converter shares: a COCO dataset built image by image, boxes checked by the loader's own rule, and an
 atomic write that records the image root.
 
-Boxes go through `birddet.data.coco.check_box`, the rule training applies: clipped when an edge is at most
+Boxes go through `birddet.data.coco_validation.check_box`, the rule training applies: clipped when an edge is at most
 `max(2 px, 1 %)` outside the image, dropped (and reported by annotation id) when NaN, empty or further outside. A
 converted file therefore holds exactly the boxes training will use, and the report says which ones were touched.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from birddet import __version__
-from birddet.data.coco import ValidationReport, check_box, first_ids
+from birddet.data.coco_validation import ValidationReport, check_box, first_ids
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 

@@ -26,7 +26,7 @@ import torch
 from torchvision.ops import box_iou
 
 from birddet import __version__
-from birddet.data.coco import _is_int, _is_number, load_coco_dataset
+from birddet.data.coco_validation import _is_int, _is_number, load_coco_dataset
 from birddet.errors import InputError
 from birddet.fileio import atomic_write_json
 
