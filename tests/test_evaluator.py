@@ -21,7 +21,6 @@ from birddet.engine.evaluator import (
     evaluate,
     load_ground_truth,
     load_results,
-    score_files,
 )
 from birddet.engine.reports import (
     confusion_matrix,
@@ -31,6 +30,7 @@ from birddet.engine.reports import (
     write_metrics_json,
     write_per_class_csv,
 )
+from birddet.engine.scoring import score_files
 from birddet.errors import InputError
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from birddet.cli import main
-from birddet.engine.evaluator import score_files
+from birddet.engine.scoring import score_files
 from birddet.errors import InputError
 from birddet.pipeline.writers import Detection, ImageResult, coco_dict
 

@@ -223,7 +223,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-restarts-the-epoch",
-        "birddet/engine/trainer.py",
+        "birddet/engine/run_state.py",
         'int(training["step"]), int(training["batches_done"])',
         'int(training["step"]), 0',
         ("tests/test_classifier_training.py::test_resume_after_stop_gives_the_same_losses", GUARDS),
@@ -231,7 +231,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-forgets-the-rng",
-        "birddet/engine/trainer.py",
+        "birddet/engine/run_state.py",
         "set_rng_states(per_rank[self.ctx.rank])",
         "pass",
         ("tests/test_trainer.py::test_resume_after_stop_gives_the_same_next_step_losses",),
@@ -239,7 +239,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "augmentation-seed-ignores-epoch",
-        "birddet/engine/trainer.py",
+        "birddet/engine/task.py",
         "np.random.SeedSequence([seed, epoch, index])",
         "np.random.SeedSequence([seed, index])",
         (GUARDS,),
@@ -247,7 +247,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "pause-evaluation-competes-for-best",
-        "birddet/engine/trainer.py",
+        "birddet/engine/loop.py",
         "final = s.epoch >= self.epochs or budget_stop",
         "final = stopped or s.epoch >= self.epochs or budget_stop",
         ("tests/test_resume_best.py",),

@@ -131,8 +131,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from birddet.engine.evaluator import score_files
     from birddet.engine.reports import format_table
+    from birddet.engine.scoring import score_files
 
     result = score_files(args.gt, args.results, args.out, plots=not args.no_plots)
     print(format_table(result))

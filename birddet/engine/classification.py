@@ -2,7 +2,7 @@
 
 It trains a birder-family `ViT` on crops of the boxes of a COCO dataset (`data.crops.CocoCrops`: predict's crop
 rule, then augmentation), a box's category being its class; rare classes weigh more in the loss
-(`data.balance: loss`). The loop (`engine/trainer.py`) supplies layer-wise LR decay, warmup + cosine, AMP, EMA,
+(`data.balance: loss`). The loop (`engine/loop.py`) supplies layer-wise LR decay, warmup + cosine, AMP, EMA,
 accumulation, DDP and exact resume, as for the detector.
 
 Run folder: `best.pt` is a **birder-format classifier file** (`state`, `class_to_idx`, `rgb_stats`, `signature`,
@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Subset
 from birddet import __version__
 from birddet.config import ClassifierConfig, config_to_dict
 from birddet.engine import distributed as D
+from birddet.engine.loop import run_training
 from birddet.engine.optim import build_optimizer
-from birddet.engine.trainer import Task, resolve_data_paths, run_training
+from birddet.engine.task import Task, resolve_data_paths
 from birddet.errors import InputError
 from birddet.fileio import atomic_torch_save, atomic_write_json
 

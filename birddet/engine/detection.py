@@ -2,7 +2,7 @@
 
 What is the detector's own: `CocoDetection` datasets with the large-scale-jitter transforms, aspect-ratio grouped
 batches, torchvision Faster R-CNN's loss parts, validation with pycocotools (`metric` = COCO AP) and the birddet
-detector checkpoint format (`engine/checkpoint.py`). Everything else is the loop's (`engine/trainer.py`).
+detector checkpoint format (`engine/checkpoint.py`). Everything else is the loop's (`engine/loop.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from birddet.config import Config
 from birddet.engine import distributed as D
 from birddet.engine.optim import build_optimizer
-from birddet.engine.trainer import DataPaths, Task, epoch_batches, module_state, resolve_data_paths
+from birddet.engine.run_state import module_state
+from birddet.engine.task import DataPaths, Task, epoch_batches, resolve_data_paths
 from birddet.errors import InputError
 
 logger = logging.getLogger(__name__)

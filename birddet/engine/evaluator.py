@@ -22,7 +22,6 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,6 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from birddet.engine.coco_checks import _checked_columns, _Columns, _quiet_index
-from birddet.engine.coco_inputs import load_ground_truth, load_results  # re-exported: tests and benchmarks use them
 from birddet.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -214,25 +212,3 @@ def evaluate(
     stats = dict(zip(STAT_NAMES, values))
     rows = _per_class(coco_gt, coco_eval) if per_class else []
     return EvalResult(stats=stats, per_class=rows, coco_eval=coco_eval)
-
-
-def score_files(
-    gt: str | Path, results: str | Path, out: str | Path | None = None, *, plots: bool = True
-) -> EvalResult:
-    """`birddet score`: COCO mAP of an existing results file, with the report written when `out` is given.
-
-    `out` ending in `.json` is the metrics file and the CSV and plots go next to it; any other `out` is a folder
-    that receives `metrics.json`, `per_class.csv` and the plots.
-    """
-    from birddet.engine.reports import write_report
-
-    coco_gt = load_ground_truth(gt)
-    dets = load_results(results, coco_gt, gt_where=str(gt))
-    result = evaluate(coco_gt, dets)
-    if out is not None:
-        out = Path(out)
-        if out.suffix.lower() == ".json":
-            write_report(result, out.parent, coco_gt=coco_gt, results=dets, plots=plots, metrics_path=out)
-        else:
-            write_report(result, out, coco_gt=coco_gt, results=dets, plots=plots)
-    return result
