@@ -29,6 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from birddet.engine.coco_checks import _checked_columns, _Columns, _quiet_index
+from birddet.engine.coco_inputs import load_ground_truth, load_results  # noqa: F401 (re-exported: tests and benchmarks use them)
 from birddet.errors import InputError
 
 logger = logging.getLogger(__name__)
