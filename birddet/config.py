@@ -209,6 +209,9 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     ema: bool = False
     ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9998
+    #: EMA warm-up (updates): the decay after t updates is `ema_decay * (1 - exp(-t / ema_tau))` (Ultralytics' ramp),
+    #: so the first steps' random-ish weights fade out instead of weighing ~5 % after 3,000 steps at 0.999.
+    ema_tau: Annotated[float, Range(gt=0, le=1e9)] = 2000.0
     eval_every: Annotated[int, Range(ge=1, le=MAX_EPOCHS)] = 1
     eval_batch_size: BatchSize = 4
     log_every: Annotated[int, Range(ge=1)] = 20

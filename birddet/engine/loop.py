@@ -42,14 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from birddet.config import save_config
 from birddet.engine import distributed as D
 from birddet.engine.budget import BudgetKeeper
 from birddet.engine.loop_budget import TimeBudgetMixin
-from birddet.engine.optim import build_scheduler
+from birddet.engine.optim import build_scheduler, ramped_ema
 from birddet.engine.run_state import LAST, METRICS_LOG, RunState, RunStateMixin, seed_everything
 from birddet.engine.task import SeededDataset, Task, steps_per_epoch
 from birddet.errors import InputError, RunStopped
@@ -107,7 +107,9 @@ class Trainer(RunStateMixin, TimeBudgetMixin):
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.ema = (
-            AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) if t.ema else None
+            AveragedModel(self.net, multi_avg_fn=ramped_ema(t.ema_decay, t.ema_tau), use_buffers=True)
+            if t.ema
+            else None
         )
         if ckpt is not None:
             self._restore(ckpt["training"])
