@@ -50,6 +50,28 @@ class Detection:
     classifications: list[Classification] = field(default_factory=list)
     rollup: Rollup | None = None
 
+    @property
+    def species_uncertain(self) -> bool | None:
+        """True when the classifier named no taxon (top species under the roll-up threshold, nothing above it to
+        roll up to), False when it named one, None when the box was not classified.
+
+        Every output asks this one question, so a box is "uncertain" in the CSV, the COCO file and the drawn label
+        alike.
+        """
+        return None if self.rollup is None else self.rollup.names_no_taxon
+
+    @property
+    def identified_as(self) -> str:
+        """What the box is, as far as can be said with confidence: the roll-up's taxon (a species' scientific name,
+        or a genus, family ...), else the detector's category (unclassified or uncertain boxes)."""
+        if self.rollup is None or self.rollup.names_no_taxon:
+            return self.category_name
+        return self.rollup.name
+
+    def top_classification(self) -> Classification | None:
+        """The classifier's best guess (highest probability), or None when the box was not classified."""
+        return max(self.classifications, key=lambda c: c.score) if self.classifications else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
         return {

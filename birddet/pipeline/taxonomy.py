@@ -112,6 +112,15 @@ class Rollup:
     score: float
     class_index: int | None = None
 
+    @property
+    def names_no_taxon(self) -> bool:
+        """True for the ``unknown`` result: no species reached the threshold and there was no rank to roll up to.
+
+        A classifier trained on one's own crops (opaque class names) always lands here below the threshold; the
+        writers and the drawn label then fall back to the detector's category with the top species as a guess.
+        """
+        return self.rank == UNKNOWN
+
     def to_dict(self) -> dict[str, object]:
         """JSON-safe form, for checkpoints of prediction runs."""
         return {"rank": self.rank, "name": self.name, "score": self.score, "class_index": self.class_index}

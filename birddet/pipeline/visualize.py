@@ -2,7 +2,9 @@
 
 Labels say what a person reviewing camera-trap images needs: the most specific name the classifier is
 confident about (common name when known, else scientific name, else a higher taxon from the roll-up, else
-the detector category) and its score. Line width and font size scale with the image so labels stay
+the detector category) and its score. Each number follows the name it belongs to: after a species or taxon it is
+the classifier's probability, after the detector's category the detection score. A box whose species is uncertain
+shows both: ``bird 0.91 · robin? 0.36``. Line width and font size scale with the image so labels stay
 readable on both thumbnails and 24-megapixel frames; labels are kept inside the image and never cover each
 other (a label that fits nowhere is left out; its box is still drawn).
 """
@@ -42,19 +44,29 @@ def label_for(detection: Detection, taxonomy: Taxonomy | None, use_common_names:
     """The label text of a detection and a stable colour key (same species -> same colour across images).
 
     A roll-up above species wins over the top-1 species because it is the honest answer when the species is
-    uncertain; the rank is shown so "Spinus (genus)" is not mistaken for a species.
+    uncertain; the rank is shown so "Spinus (genus)" is not mistaken for a species. When the classifier named no
+    taxon at all (:attr:`Detection.species_uncertain`, e.g. a classifier trained on one's own crops, which has no
+    ranks to roll up to), the box is what the detector says, with its detection score, and the top species follows
+    as a guess with its probability: ``"bird 0.91 · sanhaco_da_amazonia? 0.36"``; the colour is the detector
+    category's.
     """
     rollup = detection.rollup
+    top = detection.top_classification()
+    detected = f"{detection.category_name} {detection.score:.2f}"
+    if top is not None and detection.species_uncertain:
+        guess = _species_label(top.class_index, taxonomy, use_common_names)
+        return f"{detected} · {guess}? {top.score:.2f}", detection.category_id
     if rollup is not None and rollup.rank != "species":
         return f"{rollup.name} ({rollup.rank}) {rollup.score:.2f}", zlib.crc32(rollup.name.encode())
-    if detection.classifications:
-        top = max(detection.classifications, key=lambda c: c.score)
-        if taxonomy is not None:
-            name = taxonomy.taxon(top.class_index).label(use_common_names)
-        else:
-            name = f"class {top.class_index}"
-        return f"{name} {top.score:.2f}", top.class_index
-    return f"{detection.category_name} {detection.score:.2f}", detection.category_id
+    if top is not None:
+        return f"{_species_label(top.class_index, taxonomy, use_common_names)} {top.score:.2f}", top.class_index
+    return detected, detection.category_id
+
+
+def _species_label(class_index: int, taxonomy: Taxonomy | None, use_common_names: bool) -> str:
+    if taxonomy is None:
+        return f"class {class_index}"
+    return taxonomy.taxon(class_index).label(use_common_names)
 
 
 @lru_cache(maxsize=16)

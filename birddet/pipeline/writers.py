@@ -52,6 +52,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "rollup_rank",
     "rollup_score",
     "failure",
+    # Added after the first release; appended so that readers by position keep working.
+    "identified_as",
+    "species_uncertain",
 )
 
 
@@ -68,9 +71,9 @@ def _now() -> str:
 
 def _species_fields(det: Detection, taxonomy: Taxonomy | None) -> tuple[int | None, str, str, float | None]:
     """Top-1 species of a detection as (index, scientific name, common name, score); empties when unclassified."""
-    if not det.classifications:
+    top = det.top_classification()
+    if top is None:
         return None, "", "", None
-    top = max(det.classifications, key=lambda c: c.score)
     if taxonomy is None:
         return top.class_index, str(top.class_index), "", top.score
     taxon = taxonomy.taxon(top.class_index)
@@ -192,7 +195,9 @@ def write_megadetector_json(
     present only on classified detections. ``classification_categories`` (class index -> class name) and
     ``classification_category_descriptions`` (common name, binomial, lineage) list only classes that occur.
     Failed images are ``{"file", "failure": reason, "detections": null}`` as the format requires. The
-    taxonomic roll-up has no place in this format and is left out (it is in the COCO and CSV outputs).
+    taxonomic roll-up has no place in this format and is left out (it is in the COCO and CSV outputs); a box whose
+    species is uncertain keeps the detector's ``category`` and its top-k ``classifications`` with their
+    probabilities, so a reader applies its own threshold to them as it does to any MegaDetector file.
     """
     data = megadetector_dict(
         results,
@@ -246,6 +251,8 @@ def coco_dict(
                     "rollup_name": d.rollup.name if d.rollup else None,
                     "rollup_rank": d.rollup.rank if d.rollup else None,
                     "rollup_score": round(float(d.rollup.score), 5) if d.rollup else None,
+                    "identified_as": d.identified_as,
+                    "species_uncertain": d.species_uncertain,
                 }
             )
     cats = [{"id": k, "name": v} for k, v in _used_categories(results, categories).items()]
@@ -269,6 +276,8 @@ def write_coco_json(
     Image ids are ``1..N`` over successful images in input order (failed images are left out: COCO has no
     way to say "could not be read"). Annotations carry the standard fields (pixel ``bbox [x, y, w, h]``,
     ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
+    ``category_id`` is always the detector's category; ``identified_as`` is the roll-up's taxon, or the detector's
+    category when ``species_uncertain`` is true (the species fields then hold the best guess and its probability).
     """
     data = coco_dict(results, categories=categories, taxonomy=taxonomy)
     return atomic_write_text(path, _coco_text(data))
@@ -285,6 +294,10 @@ def _fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{round(float(value), digits)}"
 
 
+def _csv_bool(value: bool | None) -> str:
+    return "" if value is None else ("true" if value else "false")
+
+
 def write_predictions_csv(
     path: str | os.PathLike[str], results: Sequence[ImageResult], *, taxonomy: Taxonomy | None
 ) -> Path:
@@ -294,7 +307,10 @@ def write_predictions_csv(
     of its rows), so a flock's size is one lookup, and an image that was read but had no detection gets one row
     with ``count`` 0 and an empty box: a count of zero is a result, not a missing line. Boxes are pixel
     ``x_min, y_min, x_max, y_max``; ``species`` is the scientific name of the top-1 class (its index when there
-    is no taxonomy); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
+    is no taxonomy) and ``species_score`` its probability, even when it is under the roll-up threshold;
+    ``identified_as`` is what the box is (the roll-up's taxon, else the detector's ``category``) and
+    ``species_uncertain`` is ``true`` when the classifier named no taxon, so ``species`` is only a guess (``false``
+    when it named one, empty when the box was not classified); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
     carriage return get a leading ``'`` so a spreadsheet shows them instead of running them.
     """
     return atomic_write_text(path, predictions_csv_text(results, taxonomy=taxonomy))
@@ -305,7 +321,7 @@ def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy |
     rows: list[list[Any]] = [list(CSV_COLUMNS)]
     for r in results:
         if r.failure is not None:
-            rows.append([r.file, *[""] * (len(CSV_COLUMNS) - 2), r.failure])
+            rows.append([{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS])
             continue
         if not r.detections:
             rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2)])
@@ -329,6 +345,8 @@ def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy |
                     d.rollup.rank if d.rollup else "",
                     _fmt(d.rollup.score if d.rollup else None, 4),
                     "",
+                    d.identified_as,
+                    _csv_bool(d.species_uncertain),
                 ]
             )
     return csv_text(rows)
