@@ -253,6 +253,55 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_resume_best.py",),
         why="a max_steps stop adds a mid-epoch evaluation, so a resumed run's best.pt can differ",
     ),
+    # -- the fixes of issues 18 and 21: each must stay fixed ----------------------------------------------------------
+    Mutation(
+        "results-in-the-decoded-files-frame",
+        "birddet/data/coco.py",
+        '"orig_size": (frame_h, frame_w),',
+        '"orig_size": tuple(pixels.shape[:2]),',
+        ("tests/test_scoring_frame.py",),
+        why="a file stored at another size than its JSON says gets its results in the file's pixels, scored AP 0",
+    ),
+    Mutation(
+        "max-dets-stays-at-100",
+        "birddet/engine/runner.py",
+        "return (1, 10, cap) if cap > 100 else (1, 10, 100)",
+        "return (1, 10, 100)",
+        ("tests/test_scoring_frame.py", "tests/test_eval_command.py"),
+        why="a model allowed 1,000 boxes per image is scored on its best 100: a perfect flock gets AP 0.34",
+    ),
+    Mutation(
+        "difficult-birds-ignored-not-trained",
+        "birddet/data/coco.py",
+        'return bool(ann.get("iscrowd", 0)) and not ann.get("difficult", 0)',
+        'return bool(ann.get("iscrowd", 0))',
+        ("tests/test_crowd_boxes.py",),
+        why="VOC difficult birds become ignore regions instead of positives (measured: AP50 0.41 instead of 0.76)",
+    ),
+    Mutation(
+        "paste-judged-by-iou-of-the-box",
+        "birddet/data/transforms.py",
+        "covered_fraction(patch_box, np.stack(all_boxes)).max() <= PASTE_MAX_COVER",
+        "covered_fraction(new, np.stack(all_boxes)).max() <= 1.0",
+        ("tests/test_transforms.py",),
+        why="copy-paste buries a small bird under a large paste",
+    ),
+    Mutation(
+        "smoothing-weighted-by-every-class",
+        "birddet/engine/classification.py",
+        "w = weight[targets]\n    return (per_crop * w).sum() / w.sum()",
+        "return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)",
+        ("tests/test_species_training_fixes.py",),
+        why="label smoothing with class weights leans every soft target toward the rare classes",
+    ),
+    Mutation(
+        "ema-without-warm-up",
+        "birddet/engine/optim.py",
+        "d = decay * (1.0 - math.exp(-float(num_averaged) / tau))",
+        "d = decay",
+        ("tests/test_species_training_fixes.py",),
+        why="a short run's EMA (best.pt) keeps step 1's weights",
+    ),
 )
 
 
