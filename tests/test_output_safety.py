@@ -46,6 +46,20 @@ def make_photos(folder: Path, names: tuple[str, str] = ("wide.jpg", "tall.png"))
     return paths
 
 
+def predict_argv(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str
+) -> tuple[Path, Path, list[str]]:
+    """A folder of photos of two shapes, an output folder, and the `birddet predict` command line over them, with
+    the detector's boxes faked (`test_predict.fake_boxes`) so that every run finds the same birds."""
+    from test_predict import fake_boxes
+
+    fake_boxes(monkeypatch)
+    photos = tmp_path / "photos"
+    make_photos(photos)
+    out = tmp_path / "out"
+    return photos, out, ["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST, *extra]
+
+
 def fingerprint(paths: list[Path]) -> dict[Path, tuple[str, int]]:
     return {p: (hashlib.sha256(p.read_bytes()).hexdigest(), stat.S_IMODE(p.stat().st_mode)) for p in paths}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_output_safety import FAST, make_photos, tiny_ckpt  # noqa: F401 - tiny_ckpt is a fixture
+from test_output_safety import FAST, make_photos, predict_argv, tiny_ckpt  # noqa: F401 - tiny_ckpt is a fixture
 from test_predict import fake_boxes
 from test_trainer import data_dir, read_log, tiny_config  # noqa: F401 - data_dir is a fixture
 
@@ -100,11 +100,7 @@ def test_a_failure_while_writing_the_outputs_keeps_the_old_set(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    fake_boxes(monkeypatch)
-    photos = tmp_path / "photos"
-    make_photos(photos)
-    out = tmp_path / "out"
-    argv = ["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST]
+    photos, out, argv = predict_argv(tiny_ckpt, tmp_path, monkeypatch)
     assert main(argv) == 0
     before = _outputs(out)
     make_photos(photos, names=("third.jpg", "fourth.png"))  # the resumed run has more images: other outputs
@@ -132,11 +128,7 @@ def test_a_set_torn_by_a_kill_between_renames_is_detected_and_rewritten_on_resum
 ) -> None:
     from birddet.pipeline.writers import check_outputs
 
-    fake_boxes(monkeypatch)
-    photos = tmp_path / "photos"
-    make_photos(photos)
-    out = tmp_path / "out"
-    argv = ["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST]
+    photos, out, argv = predict_argv(tiny_ckpt, tmp_path, monkeypatch)
     assert main(argv) == 0
     assert check_outputs(out) == []
     make_photos(photos, names=("third.jpg", "fourth.png"))
@@ -170,11 +162,7 @@ def test_disk_full_during_predict_is_one_line_and_keeps_the_finished_images(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    fake_boxes(monkeypatch)
-    photos = tmp_path / "photos"
-    make_photos(photos)
-    out = tmp_path / "out"
-    argv = ["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST, "--batch-size", "1"]
+    photos, out, argv = predict_argv(tiny_ckpt, tmp_path, monkeypatch, "--batch-size", "1")
     real_fsync, appends = os.fsync, []
 
     def full_after_the_first_append(fd: int) -> None:

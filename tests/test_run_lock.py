@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_output_safety import FAST, make_photos, tiny_ckpt  # noqa: F401 - tiny_ckpt is a fixture
+from test_output_safety import FAST, make_photos, predict_argv, tiny_ckpt  # noqa: F401 - tiny_ckpt is a fixture
 from test_predict import fake_boxes
 from test_trainer import tiny_config
 
@@ -166,11 +166,7 @@ def test_predict_into_a_folder_holding_a_run_needs_resume_or_overwrite(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    fake_boxes(monkeypatch)
-    photos = tmp_path / "photos"
-    make_photos(photos)
-    out = tmp_path / "out"
-    argv = ["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST]
+    photos, out, argv = predict_argv(tiny_ckpt, tmp_path, monkeypatch)
     assert main([*argv, "--conf", "0.5"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
