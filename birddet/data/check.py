@@ -9,7 +9,7 @@ in one pass. What is fatal depends on the split's role:
   by name (`align_categories`: a val file may number the same birds differently), or two categories with one name;
 - fatal for a validation split, a warning for a training split: boxes that validation would drop (NaN, zero or
   negative size, far outside the image) and image files whose header cannot be read. Training drops such a box or
-  skips such an image and goes on (DESIGN.md: long runs skip and report), but a validation split must be scored
+  skips such an image and goes on (long runs skip and report, docs/your-files.md), but a validation split must be scored
   exactly as written: `birddet eval` scores the file itself, so a silently dropped box would make the run's
   metrics disagree with `birddet eval`, and an unreadable val image stops the first evaluation hours into a run;
 - warnings: boxes clipped to the image, and (with `read_headers`) images whose real size differs from the JSON's

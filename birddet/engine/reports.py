@@ -1,6 +1,6 @@
 """Turn an `EvalResult` into what people read: a console table, `metrics.json`, `per_class.csv` and plots.
 
-`metrics.json` is the machine-readable record (`{"stats": {AP, AP50, ...}, "per_class": [...]}`, DESIGN.md) and
+`metrics.json` is the machine-readable record (`{"stats": {AP, AP50, ...}, "per_class": [...]}`, docs/evaluation.md) and
 is written first and atomically; plots are a convenience, so a failure to draw one is logged and never loses the
 numbers.
 """
