@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import megadetector_validate
 from PIL import Image
 from pycocotools.coco import COCO
 from test_species import AVES, write_tiny_classifier
@@ -153,8 +154,10 @@ def test_odd_images_are_converted_and_bad_ones_become_failures_in_every_format(
     assert rc == 0
     md, coco, rows = _read(out)
 
-    # MegaDetector 1.4: fields, ranges, one entry per file, failures with a reason and null detections.
+    # MegaDetector 1.4: fields, ranges, one entry per file, failures with a reason and null detections; and
+    # MegaDetector's own validator accepts the file.
     assert md["info"]["format_version"] == "1.4"
+    megadetector_validate(out / "megadetector.json")
     assert md["detection_categories"] == {"5": "songbird", "17": "wader"}
     by_file = {im["file"]: im for im in md["images"]}
     assert sorted(by_file) == sorted(GOOD + BAD)
