@@ -42,6 +42,27 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
         "configs/from_scratch.yaml",
         ["model.image_size=288", "model.rpn.anchor_sizes=[36,72,144,288]"],
     ),
+    # Tighter boxes (AP at IoU 0.5:0.95): the box-regression loss and the positives it learns from.
+    "from_scratch, GIoU box loss": ("configs/from_scratch.yaml", ["model.roi_heads.box_loss=giou"]),
+    "from_scratch, GIoU box loss x2": (
+        "configs/from_scratch.yaml",
+        ["model.roi_heads.box_loss=giou", "model.roi_heads.box_loss_weight=2.0"],
+    ),
+    "from_scratch, box coder x2": ("configs/from_scratch.yaml", ["model.roi_heads.bbox_reg_weights=[20,20,10,10]"]),
+    "from_scratch, half positive RoIs": ("configs/from_scratch.yaml", ["model.roi_heads.positive_fraction=0.5"]),
+}
+#: name -> (config, overrides): species classifiers on the hard species (`--task species`).
+SPECIES_CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "species_quickstart": ("configs/species_quickstart.yaml", []),
+    "species_from_scratch": ("configs/species_from_scratch.yaml", []),
+    "species_from_scratch, no crop cache": ("configs/species_from_scratch.yaml", ["data.cache_crops=false"]),
+    "species_from_scratch, 64 px": ("configs/species_from_scratch.yaml", ["model.image_size=64"]),
+    "species_from_scratch, 128 px": ("configs/species_from_scratch.yaml", ["model.image_size=128"]),
+    "species_from_scratch, no TrivialAugment": (
+        "configs/species_from_scratch.yaml",
+        ["data.augment.auto_augment=none"],
+    ),
+    "species_from_scratch, no label smoothing": ("configs/species_from_scratch.yaml", ["train.label_smoothing=0"]),
 }
 NUM_TRAIN, NUM_VAL = 224, 56  # a few hundred photos, 80/20, like the 282 feeder photos of issue 14
 
@@ -50,10 +71,10 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).replace("--", "-").strip("-")
 
 
-def ensure_data(root: Path) -> Path:
+def ensure_data(root: Path, species: str = "easy") -> Path:
     from birddet.data.synthetic import ensure_synthetic_coco
 
-    ensure_synthetic_coco(root, num_train=NUM_TRAIN, num_val=NUM_VAL, preset="realistic", seed=0)
+    ensure_synthetic_coco(root, num_train=NUM_TRAIN, num_val=NUM_VAL, preset="realistic", seed=0, species=species)
     return root
 
 
@@ -67,9 +88,10 @@ def run_one(name: str, minutes: float, data: Path, out: Path, threads: int) -> d
         import shutil
 
         shutil.rmtree(run)
-    config, overrides = CANDIDATES[name]
+    species = name in SPECIES_CANDIDATES
+    config, overrides = SPECIES_CANDIDATES[name] if species else CANDIDATES[name]
     cmd = [
-        sys.executable, "-m", "birddet.cli", "train", config, *overrides,
+        sys.executable, "-m", "birddet.cli", "train-classifier" if species else "train", config, *overrides,
         f"data.train.ann={data / 'train.json'}", f"data.train.images={data / 'images'}",
         f"data.val.ann={data / 'val.json'}", f"data.val.images={data / 'images'}",
         f"train.time_budget={minutes}", "train.budget_clock=cpu", "train.device=cpu", "data.workers=0",
@@ -91,7 +113,7 @@ def run_one(name: str, minutes: float, data: Path, out: Path, threads: int) -> d
 def summarize(name: str, minutes: float, run: Path) -> dict:
     import torch
 
-    stats = json.loads((run / "metrics.json").read_text())["stats"]
+    metrics = json.loads((run / "metrics.json").read_text())
     training = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["training"]
     plans = [json.loads(line)["budget_plan"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "budget_plan" in line]  # fmt: skip
@@ -102,9 +124,26 @@ def summarize(name: str, minutes: float, run: Path) -> dict:
         "planned": [p["epochs"] for p in plans],
         "cpu_min": training["budget"]["elapsed_s"] / 60,
         "best_epoch": training["best_epoch"],
-        "AP50": stats["AP50"],
-        "AP": stats["AP"],
+        **(
+            {"top1": metrics["top1"]}
+            if "top1" in metrics
+            else {"AP50": metrics["stats"]["AP50"], "AP": metrics["stats"]["AP"]}
+        ),
     }
+
+
+def species_table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | CPU budget (min) | epochs (plans) | CPU min used | wall min | load | val top-1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (list(SPECIES_CANDIDATES).index(r["candidate"]), r["budget_min"])):
+        lines.append(
+            f"| {r['candidate']} | {r['budget_min']:g} | {r['epochs']} ({' -> '.join(map(str, r['planned']))}) "
+            f"| {r['cpu_min']:.1f} | {r.get('wall_min', float('nan')):.1f} | {r.get('load', float('nan')):.1f} "
+            f"| {r['top1']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -126,25 +165,33 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data", type=Path, default=None, help="the realistic synthetic set (default OUT/data)")
     p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
-    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--task", choices=["detector", "species"], default="detector",
+                   help="detector: the detector recipes on the realistic preset; species: species classifiers on its "
+                   "hard species (`birddet synth --preset realistic --species hard`)")  # fmt: skip
+    p.add_argument("--candidates", nargs="+", default=None, choices=[*CANDIDATES, *SPECIES_CANDIDATES])
     p.add_argument("--parallel", type=int, default=2, help="runs at once (started side by side, same load)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--table", action="store_true", help="print the table of finished runs only")
     args = p.parse_args()
-    data = args.data or args.out / "data"
+    species = args.task == "species"
+    candidates = SPECIES_CANDIDATES if species else CANDIDATES
+    args.candidates = args.candidates or list(candidates)
+    data = args.data or args.out / ("data-hard-species" if species else "data")
     if not args.table:
-        ensure_data(data)
+        ensure_data(data, "hard" if species else "easy")
         jobs = [(c, m) for m in args.minutes for c in args.candidates]  # equal budgets side by side
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             for row in pool.map(lambda job: run_one(*job, data, args.out, args.threads), jobs):
-                print(f"{row['candidate']} @ {row['budget_min']:g} CPU min: AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
+                score = f"top-1 {row['top1']:.3f}" if species else f"AP50 {row['AP50']:.3f} AP {row['AP']:.3f}"
+                print(f"{row['candidate']} @ {row['budget_min']:g} CPU min: {score}")
     for log in sorted(args.out.glob("*/train.log")):  # runs whose driver was stopped: summarise them here
         row_file = log.parent / "row.json"
-        found = [(c, m) for c in CANDIDATES for m in args.minutes if log.parent.name == f"{slug(c)}-{m:g}min"]
-        if found and not row_file.exists() and "best val AP" in log.read_text():
+        found = [(c, m) for c in candidates for m in args.minutes if log.parent.name == f"{slug(c)}-{m:g}min"]
+        if found and not row_file.exists() and "best val " in log.read_text():  # the run finished
             row_file.write_text(json.dumps(summarize(*found[0], log.parent), indent=1))
     rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*/row.json"))]
-    print(table([r for r in rows if r["candidate"] in CANDIDATES]))
+    rows = [r for r in rows if r["candidate"] in candidates]
+    print(species_table(rows) if species else table(rows))
 
 
 if __name__ == "__main__":

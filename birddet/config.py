@@ -99,6 +99,15 @@ class RoIHeadsConfig:
     bg_iou_thresh: Fraction = 0.5
     batch_size_per_image: BoxCount = 512
     positive_fraction: Fraction = 0.25
+    # The box-regression loss (birddet/models/box_loss.py): torchvision's smooth-L1 on the encoded offsets, or GIoU
+    # on the boxes (trains the overlap that COCO AP at IoU 0.5:0.95 scores), times box_loss_weight.
+    box_loss: Literal["smooth_l1", "giou"] = "smooth_l1"
+    box_loss_weight: Annotated[float, Range(gt=0, le=100)] = 1.0
+    # torchvision's BoxCoder weights for (dx, dy, dw, dh); they scale the regression targets, and so the smooth-L1
+    # loss, and are saved with the model's config (inference decodes with the same weights).
+    bbox_reg_weights: list[Annotated[float, Range(gt=0, le=1000)]] = field(
+        default_factory=lambda: [10.0, 10.0, 5.0, 5.0]
+    )
 
 
 @dataclass
@@ -139,6 +148,7 @@ class SyntheticConfig:
     num_val: Annotated[int, Range(ge=1, le=1_000_000)] = 40
     seed: Seed = 0
     preset: str = "square"  # square | realistic | dense (birddet.data.synthetic.SYNTH_PRESETS)
+    species: Literal["easy", "hard"] = "easy"  # hard: six look-alike songbirds (birddet.data.synthetic_species)
 
 
 @dataclass
@@ -254,6 +264,9 @@ class CropAugmentConfig:
     box_jitter: Fraction = 0.1
     hflip: Fraction = 0.5
     color_jitter: Fraction = 0.2
+    # torchvision's automatic augmentation of each crop after flip and colour jitter: "trivial" (TrivialAugment,
+    # Müller & Hutter 2021: one random op at a random strength), "randaugment" (Cubuk et al. 2020), or "none".
+    auto_augment: Literal["none", "trivial", "randaugment"] = "none"
 
 
 @dataclass
@@ -265,6 +278,9 @@ class ClassifierDataConfig:
     workers: Workers = 2
     # "loss": cross-entropy weighted by n / (C * n_class) so rare classes count as much as common ones; "none".
     balance: Literal["loss", "none"] = "loss"
+    # Decode each image once and keep only the pixels each box's crops come from (CocoCrops.cache_crops): on a CPU
+    # a crop otherwise costs a full photo decode, several times the classifier's own step at small crop sizes.
+    cache_crops: bool = False
 
 
 @dataclass

@@ -28,6 +28,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--birds", type=int, nargs=2, metavar=("MIN", "MAX"), help="birds per image")
     p.add_argument("--exif", type=float, default=None, help="share of EXIF-rotated JPEGs (0..1)")
     p.add_argument("--clutter", type=float, default=None, help="0: plain background .. 1: photo-like scene (0..1)")
+    p.add_argument(
+        "--species",
+        choices=["easy", "hard"],
+        default=None,
+        help="easy (default): songbird, wader, raptor; hard: six look-alike songbirds with sexes that differ",
+    )
     p.set_defaults(func=_run_synth)
 
 
@@ -61,6 +67,7 @@ def _run_synth(args: argparse.Namespace) -> int:
             birds_per_image=args.birds,
             exif_fraction=args.exif,
             clutter=args.clutter,
+            species=args.species,
         )
     except ValueError as e:
         raise InputError(f"birddet synth: {e}") from None

@@ -21,6 +21,9 @@ Presets (`SYNTH_PRESETS`, `birddet synth --preset NAME`), each a `SynthSpec` who
 - `dense`: survey-like 4:3 / 3:2 images of 3000-4000 px with 150-300 birds of 20-40 px each, for tiling and for
   more than 100 detections per image.
 
+Any preset takes `species="hard"` (`birddet synth --species hard`): six look-alike songbirds instead of the three
+easy classes, for telling species-classifier recipes apart (`synthetic_species.py`).
+
 Layout: `out_dir/train.json`, `out_dir/val.json`, `out_dir/images/{train,val}_NNNNNN.jpg` (file names relative to
 `out_dir/images`), plus `out_dir/.birddet_synthetic.json` recording the parameters (see `ensure_synthetic_coco`).
 """
@@ -38,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from birddet.data.synthetic_drawing import background, bird_sprite, camera, occluders, photo_bird, scene_background
+from birddet.data.synthetic_species import HARD_SPECIES_CATEGORIES
 from birddet.fileio import atomic_write_text
 
 __all__ = ["SYNTH_CATEGORIES", "SYNTH_PRESETS", "SynthSpec", "ensure_synthetic_coco", "make_synthetic_coco"]
@@ -79,6 +83,13 @@ class SynthSpec:
     #: texture, foliage and branches, bird-coloured distractors, out-of-focus background, birds turned, shaded,
     #: blurred, cut by the frame and partly hidden by twigs, uneven lighting, colour casts, sensor noise, JPEG loss.
     clutter: float = 0.0
+    #: "easy": songbird, wader, raptor (different colours and shapes); "hard": six look-alike songbirds told apart by
+    #: field marks, with sexes that differ (`synthetic_species.py`), for comparing species-classifier recipes.
+    species: str = "easy"
+
+    @property
+    def categories(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in (HARD_SPECIES_CATEGORIES if self.species == "hard" else SYNTH_CATEGORIES)]
 
     def validate(self) -> SynthSpec:
         lo, hi = self.size
@@ -94,6 +105,8 @@ class SynthSpec:
             raise ValueError(f"exif_fraction must be within [0, 1], got {self.exif_fraction}")
         if not 0.0 <= self.clutter <= 1.0:
             raise ValueError(f"clutter must be within [0, 1], got {self.clutter}")
+        if self.species not in ("easy", "hard"):
+            raise ValueError(f"species must be 'easy' or 'hard', got {self.species!r}")
         return self
 
 
@@ -229,7 +242,7 @@ def _make_split(split: str, count: int, spec: SynthSpec, seed: int, image_dir: P
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [dict(c) for c in SYNTH_CATEGORIES],
+        "categories": spec.categories,
     }
 
 
@@ -257,8 +270,8 @@ def _make_image(rng: np.random.Generator, spec: SynthSpec) -> tuple[Image.Image,
     birds: list[tuple[int, tuple[int, int, int, int]]] = []
     taken = np.zeros((0, 4), dtype=np.float64)
     for _ in range(count):
-        category_id = int(rng.integers(1, len(SYNTH_CATEGORIES) + 1))
-        sprite, mask = bird_sprite(rng, category_id, min(h, w), spec.bird_frac)
+        category_id = int(rng.integers(1, len(spec.categories) + 1))
+        sprite, mask = bird_sprite(rng, category_id, min(h, w), spec.bird_frac, spec.species)
         spot = _find_spot(rng, (sprite.width, sprite.height), (w, h), taken, spec.max_iou)
         if spot is None:
             continue
@@ -328,8 +341,8 @@ def _photo_scene(rng: np.random.Generator, spec: SynthSpec) -> tuple[Image.Image
     taken = np.zeros((0, 4), dtype=np.float64)
     light = float(rng.uniform(0.55, 1.1))  # the scene's exposure: birds in shade or sun with it
     for _ in range(int(rng.integers(lo, hi + 1))):
-        category_id = int(rng.integers(1, len(SYNTH_CATEGORIES) + 1))
-        sprite, mask = photo_bird(rng, category_id, min(h, w), spec.bird_frac, c, light)
+        category_id = int(rng.integers(1, len(spec.categories) + 1))
+        sprite, mask = photo_bird(rng, category_id, min(h, w), spec.bird_frac, c, light, spec.species)
         placed = _place_cut(rng, sprite, mask, (w, h), taken, spec.max_iou, cut_prob=0.15 * c)
         if placed is None:
             continue

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from birddet.data.synthetic_species import draw_hard_species
+
 _CANVAS = 200  # canonical drawing canvas (px); birds are drawn facing right around its centre
 
 
@@ -45,11 +47,18 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int 
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
 
 
-def _bird_canvas(rng: np.random.Generator, category_id: int) -> Image.Image:
-    """A bird of the category drawn on a transparent canvas cropped to it, facing left or right at random."""
+def _bird_canvas(rng: np.random.Generator, category_id: int, species: str = "easy") -> Image.Image:
+    """A bird of the category drawn on a transparent canvas cropped to it, facing left or right at random.
+
+    `species`: "easy", the three classes of different colour and shape; "hard", the six look-alike songbirds of
+    `synthetic_species.py`.
+    """
     canvas = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     draw = ImageDraw.Draw(canvas)
-    {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
+    if species == "hard":
+        draw_hard_species(draw, rng, category_id)
+    else:
+        {1: _draw_songbird, 2: _draw_wader, 3: _draw_raptor}[category_id](draw, rng)
     canvas = canvas.crop(canvas.getchannel("A").getbbox())
     if rng.random() < 0.5:
         canvas = canvas.transpose(Image.FLIP_LEFT_RIGHT)
@@ -57,10 +66,14 @@ def _bird_canvas(rng: np.random.Generator, category_id: int) -> Image.Image:
 
 
 def bird_sprite(
-    rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float]
+    rng: np.random.Generator,
+    category_id: int,
+    image_side: int,
+    bird_frac: tuple[float, float],
+    species: str = "easy",
 ) -> tuple[Image.Image, Image.Image]:
     """Draw a bird, scale it to `bird_frac` of `image_side` wide, randomly face it left; returns (RGB sprite, mask)."""
-    canvas = _bird_canvas(rng, category_id)
+    canvas = _bird_canvas(rng, category_id, species)
     target_w = max(8, int(round(rng.uniform(*bird_frac) * image_side)))
     target_h = max(8, int(round(canvas.height * target_w / canvas.width)))
     canvas = canvas.resize((target_w, target_h), Image.BILINEAR)
@@ -201,10 +214,16 @@ def _branch(
 
 
 def photo_bird(
-    rng: np.random.Generator, category_id: int, image_side: int, bird_frac: tuple[float, float], c: float, light: float
+    rng: np.random.Generator,
+    category_id: int,
+    image_side: int,
+    bird_frac: tuple[float, float],
+    c: float,
+    light: float,
+    species: str = "easy",
 ) -> tuple[Image.Image, Image.Image]:
     """A cartoon bird made harder: varied colours, turned, foreshortened, shaded top to bottom, maybe motion-blurred."""
-    canvas = _bird_canvas(rng, category_id)
+    canvas = _bird_canvas(rng, category_id, species)
     canvas = canvas.rotate(float(rng.uniform(-30, 30) * c), resample=Image.BILINEAR, expand=True)
     canvas = canvas.crop(canvas.getchannel("A").getbbox())
     target_w = max(8, int(round(rng.uniform(*bird_frac) * image_side)))

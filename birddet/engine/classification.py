@@ -109,6 +109,9 @@ class ClassificationTask(Task):
             class_names=self.train_set.class_names,
             skip_bad_images=False,
         )
+        if self.cfg.data.cache_crops:
+            self.train_set.cache_crops()
+            self.val_set.cache_crops()
         counts = self.train_set.class_counts()
         if self.cfg.data.balance == "loss":
             # n / (C * n_c): a class's total weight is the same for every class; the mean weight per crop is 1.

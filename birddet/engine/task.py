@@ -50,7 +50,14 @@ def resolve_data_paths(cfg: Any, ctx: D.DistContext) -> DataPaths:
         if ctx.is_main:
             from birddet.data.synthetic import ensure_synthetic_coco
 
-            ensure_synthetic_coco(root, num_train=syn.num_train, num_val=syn.num_val, seed=syn.seed, preset=syn.preset)
+            ensure_synthetic_coco(
+                root,
+                num_train=syn.num_train,
+                num_val=syn.num_val,
+                seed=syn.seed,
+                preset=syn.preset,
+                species=syn.species,
+            )
         D.barrier()
         train = (d.train.ann or str(root / "train.json"), d.train.images or str(root / "images"))
         val = (d.val.ann or str(root / "val.json"), d.val.images or str(root / "images"))

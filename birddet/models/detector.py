@@ -35,6 +35,7 @@ from birddet.backbone.weights import load_backbone
 from birddet.config import Config
 from birddet.data.transforms import IMAGENET_RGB_STATS  # re-exported: the default stats lived here before
 from birddet.errors import InputError
+from birddet.models.box_loss import set_box_loss
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, tiled_detect
@@ -454,7 +455,16 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         box_bg_iou_thresh=rh.bg_iou_thresh,
         box_batch_size_per_image=rh.batch_size_per_image,
         box_positive_fraction=rh.positive_fraction,
+        bbox_reg_weights=_bbox_reg_weights(rh.bbox_reg_weights),
         size_divisible=size_divisible,
     )
-    # Crowd / VOC-difficult boxes in the targets are ignore regions, never background (see ignore_regions).
-    return BirdDetector(ignore_crowd_regions(model), categories, cfg)
+    # Crowd / VOC-difficult boxes in the targets are ignore regions, never background (see ignore_regions); the box
+    # loss is the configured one (see box_loss).
+    set_box_loss(ignore_crowd_regions(model), rh.box_loss, rh.box_loss_weight)
+    return BirdDetector(model, categories, cfg)
+
+
+def _bbox_reg_weights(weights: list[float]) -> tuple[float, float, float, float]:
+    if len(weights) != 4:
+        raise InputError(f"model.roi_heads.bbox_reg_weights needs 4 numbers (dx, dy, dw, dh), got {list(weights)}")
+    return tuple(float(w) for w in weights)  # type: ignore[return-value]
