@@ -89,6 +89,21 @@ def test_truncated_jpeg_raises_clear_error(tmp_path):
         load_image(path)
 
 
+def test_truncated_jpeg_is_refused_even_when_another_library_lets_pillow_load_it(tmp_path, monkeypatch):
+    # MegaDetector's visualisation module sets this global at import; birddet in the same process must still refuse
+    # a truncated photo rather than decode it with a grey band, and leave the other library's setting as it was.
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageLoadError, match=r"cut\.jpg.*truncated"):
+        load_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 def test_zero_byte_file(tmp_path):
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")

@@ -15,8 +15,9 @@ orientation, so the odd cases are normalised here, once:
 
 Failures raise `ImageLoadError` (an `InputError`) naming the path and the reason: missing file, empty file, not an
 image, truncated or corrupt data, and images above `max_pixels` (checked from the header, before decoding, so a
-decompression bomb costs no memory). Pillow's global `LOAD_TRUNCATED_IMAGES` is never touched: a truncated file is an
-error the user should see, not a grey stripe the model silently trains on.
+decompression bomb costs no memory). A truncated file is an error the user should see, not a grey stripe the model
+silently trains on, so every decode here runs with Pillow's global `ImageFile.LOAD_TRUNCATED_IMAGES` off, whatever
+another library in the process set it to (MegaDetector's visualisation module turns it on at import).
 
 The per-image cap alone does not bound memory: four 140 KB PNGs of 12000 x 12000 px are each under it, yet decoded
 by two DataLoader workers with prefetching they held 5.4 GB at once. `PixelBudgetBatches` adds a global cap on the
@@ -28,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from birddet.errors import InputError
 
@@ -190,10 +192,26 @@ def _check_file(path: Path) -> None:
         raise ImageLoadError(f"{path}: empty file (0 bytes); the copy or download probably failed, fetch it again")
 
 
+_strict_lock = threading.Lock()
+_strict_depth = 0
+_strict_saved = False
+
+
 @contextlib.contextmanager
 def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
-    """Let Pillow open what `max_pixels` allows: its own hard stop (2 x `Image.MAX_IMAGE_PIXELS`, about 179 Mpx)
-    would otherwise refuse a survey image that the caller asked for. Our `_check_size` still guards the limit."""
+    """Pillow's globals as our decoding needs them, for the duration of one decode.
+
+    - `Image.MAX_IMAGE_PIXELS` raised to what `max_pixels` allows: Pillow's own hard stop (2 x the default, about
+      179 Mpx) would otherwise refuse a survey image the caller asked for; our `_check_size` still guards the limit.
+    - `ImageFile.LOAD_TRUNCATED_IMAGES` off, so a truncated file raises. It is set by the first decode in flight and
+      restored by the last (a counter under a lock), so decodes on several threads never see each other's restore.
+    """
+    global _strict_depth, _strict_saved
+    with _strict_lock:
+        if _strict_depth == 0:
+            _strict_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_depth += 1
     saved = Image.MAX_IMAGE_PIXELS
     if saved is not None and max_pixels > saved:
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -201,6 +219,10 @@ def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+        with _strict_lock:
+            _strict_depth -= 1
+            if _strict_depth == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _strict_saved
 
 
 def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
