@@ -14,7 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import ExifTags, Image
+
+from birddet.models.detector import BirdDetector, Prediction
 
 
 def write_photo(
@@ -120,3 +124,24 @@ def make_cameras(root: Path) -> Path:
             broken_exif=s.broken_exif,
         )
     return root
+
+
+def counting_detector(monkeypatch: pytest.MonkeyPatch, *, fail_after: int | None = None) -> list[int]:
+    """Replace the detector with one that finds :func:`birds_in` songbirds (score 0.9) in each photo, side by side;
+    with ``fail_after``, raise after that many calls (a crash). Returns the number of images of each call."""
+    calls: list[int] = []
+
+    def predict(self: BirdDetector, images: list[torch.Tensor], **_: object) -> list[Prediction]:
+        if fail_after is not None and len(calls) >= fail_after:
+            raise RuntimeError("injected crash")
+        calls.append(len(images))
+        out = []
+        for t in images:
+            h, w = (int(v) for v in t.shape[-2:])
+            n = birds_in(w)
+            boxes = torch.tensor([[16.0 * k + 2, 4.0, 16.0 * k + 14, 30.0] for k in range(n)]).reshape(-1, 4)
+            out.append(Prediction(boxes, torch.full((n,), 0.9), [5] * n, ["songbird"] * n, (w, h)))
+        return out
+
+    monkeypatch.setattr(BirdDetector, "predict", predict)
+    return calls

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from camera_traps import EXPECTED_EVENTS, SHOTS, expected_max_n, make_cameras
+import torch
+from camera_traps import EXPECTED_EVENTS, SHOTS, counting_detector, expected_max_n, make_cameras
+from conftest import megadetector_validate
+from test_predict import CATEGORIES, _tiny_config
+from test_predict_shards import _torchrun
+from test_species import write_tiny_classifier
 
+from birddet.cli import main
+from birddet.config import config_from_dict
+from birddet.engine.checkpoint import save_checkpoint
 from birddet.errors import InputError
+from birddet.models.detector import build_detector
+from birddet.pipeline.event_writers import EVENTS_COLUMNS
 from birddet.pipeline.events import (
     EventOptions,
     annotate_images,
@@ -144,3 +156,124 @@ def test_each_image_is_measured_against_the_previous_one_not_the_first() -> None
     events = group_events("cam", zip(times, images, strict=True), gap_s=60)
     assert [[im.file for im in e.images] for e in events] == [["a.jpg", "b.jpg", "c.jpg", "d.jpg"], ["e.jpg"]]
     assert events[0].duration_s == 150.0
+
+
+# -- through `birddet predict` ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("event_runs")
+    torch.manual_seed(0)
+    detector = build_detector(config_from_dict(_tiny_config()), CATEGORIES)
+    return {
+        "cams": make_cameras(base / "cams"),
+        "ckpt": save_checkpoint(base / "plain.pt", detector),
+        "classifier": write_tiny_classifier(base / "species.pt"),
+    }
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run(assets: dict[str, Path], out: Path, *extra: str) -> int:
+    return main(["predict", str(assets["ckpt"]), str(assets["cams"]), "--out", str(out), "--no-classifier",
+                 "--workers", "0", "--batch-size", "2", "--device", "cpu", *extra])  # fmt: skip
+
+
+def test_predict_writes_events_and_counts_the_photos_were_taken_in(
+    run_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    counting_detector(monkeypatch)
+    out = tmp_path / "out"
+    assert _run(run_assets, out) == 0
+
+    events = _csv_rows(out / "events.csv")
+    assert list(events[0]) == list(EVENTS_COLUMNS)
+    assert {r["event_id"]: (r["first_image"], r["last_image"], int(r["n_images"])) for r in events} == {
+        event: (files[0], files[-1], len(files)) for event, files in EXPECTED_EVENTS.items()
+    }
+    assert {r["event_id"]: int(r["max_count"]) for r in events} == expected_max_n()
+    first = next(r for r in events if r["event_id"] == "cam01/0001")
+    assert (first["deployment"], first["start"], first["end"], float(first["duration_s"])) == (
+        "cam01", "2024-05-01T06:00:00", "2024-05-01T06:00:50", 50.0)  # fmt: skip
+    assert (first["species"], first["category"], float(first["mean_score"])) == ("songbird", "songbird", 0.9)
+    empty = next(r for r in events if r["event_id"] == "cam02/0001")
+    assert (empty["species"], empty["max_count"], empty["start"]) == ("", "0", "2024-05-02T12:00:00+02:00")
+
+    counts = _csv_rows(out / "counts.csv")
+    assert [(r["deployment"], r["species"], r["events"], r["sum_max_count"], r["first_seen"]) for r in counts] == [
+        ("cam01", "songbird", "2", "5", "2024-05-01T06:00:00"),
+        ("cam02", "songbird", "1", "1", next(r["start"] for r in events if r["event_id"] == "cam02/0002")),
+        ("cam03", "songbird", "3", "4", "1970-01-01T00:00:05"),
+    ]
+
+    # Every image carries its time, deployment and event in the per-image files.
+    rows = _csv_rows(out / "predictions.csv")
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["cam02/a.jpg"]["datetime"] == "2024-05-02T12:00:00+02:00"
+    assert by_file["cam01/IMG_0002.JPG"]["datetime"] == "2024-05-01T06:00:00.250000"
+    assert {by_file[f]["timestamp_source"] for f in ("cam02/no_exif.jpg", "cam02/broken_exif.jpg")} == {"mtime"}
+    for event, files in EXPECTED_EVENTS.items():
+        for f in files:
+            assert (by_file[f]["event_id"], by_file[f]["deployment"]) == (event, event.split("/")[0])
+    coco = json.loads((out / "coco.json").read_text())
+    assert {im["file_name"]: im["event_id"] for im in coco["images"]} == {
+        f: event for event, files in EXPECTED_EVENTS.items() for f in files
+    }
+    md = json.loads((out / "megadetector.json").read_text())
+    assert {im["file"]: im["datetime"] for im in md["images"]}["cam03/reset.jpg"] == "1970-01-01T00:00:05"
+    megadetector_validate(out / "megadetector.json")
+
+    # One warning per camera with a bad clock, naming it.
+    clock = [r.getMessage() for r in caplog.records if r.getMessage().startswith("camera ")]
+    assert [line.split(":")[0] for line in clock] == ["camera cam02", "camera cam03"]
+
+
+def test_event_gap_and_deployment_depth_options(
+    run_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting_detector(monkeypatch)
+    out = tmp_path / "out"
+    assert _run(run_assets, out, "--event-gap", "300", "--format", "csv") == 0
+    ids = [r["event_id"] for r in _csv_rows(out / "events.csv")]
+    assert ids.count("cam01/0001") == 1 and "cam01/0002" not in ids  # the second visit 250 s later joins
+    assert _run(run_assets, tmp_path / "bad", "--event-gap", "-5") == 2
+    assert _run(run_assets, tmp_path / "bad", "--deployment-depth", "0") == 2
+
+
+def test_resume_after_a_crash_gives_the_events_of_a_clean_run(
+    run_assets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        counting_detector(m)
+        assert _run(run_assets, tmp_path / "clean") == 0
+    with monkeypatch.context() as m:
+        counting_detector(m, fail_after=3)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            _run(run_assets, tmp_path / "resumed", "--checkpoint-every", "1")
+    progress = (tmp_path / "resumed" / "progress.jsonl").read_text().splitlines()[1:]
+    assert 0 < len(progress) < len(SHOTS)
+    assert all(json.loads(line)["datetime"] for line in progress)  # times are saved with each finished image
+    calls = counting_detector(monkeypatch)
+    assert _run(run_assets, tmp_path / "resumed", "--resume") == 0
+    assert sum(calls) == len(SHOTS) - len(progress)
+    for name in ("events.csv", "counts.csv", "predictions.csv"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "clean" / name).read_text(), name
+
+
+def test_two_torchrun_processes_give_the_events_of_one_process(run_assets: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--classifier", str(run_assets["classifier"]), "--conf", "0.0", "--classify-conf", "0.0", "--top-k", "2",
+            "--batch-size", "1", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    one = tmp_path / "one"
+    assert main(["predict", str(run_assets["ckpt"]), str(run_assets["cams"]), "--out", str(one), *args]) == 0
+    two = tmp_path / "two"
+    output = _torchrun({"ckpt": run_assets["ckpt"], "images": run_assets["cams"],
+                        "classifier": run_assets["classifier"]}, two)  # fmt: skip
+    assert "rank 1 of 2:" in output
+    events = (one / "events.csv").read_text()
+    assert len(_csv_rows(one / "events.csv")) >= len(EXPECTED_EVENTS)
+    assert (two / "events.csv").read_text() == events
+    assert (two / "counts.csv").read_text() == (one / "counts.csv").read_text()

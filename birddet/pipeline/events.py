@@ -29,11 +29,13 @@ sums those; the mass outside them is unknown and counted as zero, which can only
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
+from typing import Protocol
 
 import torch
 
@@ -47,6 +49,7 @@ __all__ = [
     "Event",
     "EventOptions",
     "EventSpecies",
+    "Located",
     "annotate_images",
     "build_events",
     "clock_warnings",
@@ -140,13 +143,23 @@ def _wall_clock(when: datetime) -> datetime:
     return when.replace(tzinfo=None)
 
 
-def deployment_of(result: ImageResult, depth: int | None = None) -> str:
+class Located(Protocol):
+    """What :func:`deployment_of` reads: a result, or a source image before it is predicted."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+
+def deployment_of(result: Located, depth: int | None = None) -> str:
     """The image's deployment: its folder relative to the source root (``cam03``, ``site1/cam03``), or the first
     ``depth`` folders of it; an image directly in a source folder belongs to a deployment named after that folder.
     """
     folders = PurePosixPath(result.file).parent.parts
     if not folders:
-        return PurePosixPath(result.path.replace("\\", "/")).parent.name or "."
+        return PurePosixPath(os.fspath(result.path).replace("\\", "/")).parent.name or "."
     return "/".join(folders if depth is None else folders[:depth])
 
 
