@@ -237,7 +237,12 @@ def test_event_gap_and_deployment_depth_options(
 ) -> None:
     counting_detector(monkeypatch)
     out = tmp_path / "out"
-    assert _run(run_assets, out, "--event-gap", "300", "--format", "csv") == 0
+    assert _run(run_assets, out, "--format", "csv") == 0
+    assert "cam01/0002" in [r["event_id"] for r in _csv_rows(out / "events.csv")]
+    # Another gap on a finished run: --resume regroups without running the detector again.
+    calls = counting_detector(monkeypatch)
+    assert _run(run_assets, out, "--event-gap", "300", "--format", "csv", "--resume") == 0
+    assert calls == []
     ids = [r["event_id"] for r in _csv_rows(out / "events.csv")]
     assert ids.count("cam01/0001") == 1 and "cam01/0002" not in ids  # the second visit 250 s later joins
     assert _run(run_assets, tmp_path / "bad", "--event-gap", "-5") == 2

@@ -287,6 +287,8 @@ def write_coco_json(
     ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
     ``category_id`` is always the detector's category; ``identified_as`` is the roll-up's taxon, or the detector's
     category when ``species_uncertain`` is true (the species fields then hold the best guess and its probability).
+    Images carry ``datetime``, ``timestamp_source``, ``deployment``, ``event_id`` and ``event_species``
+    (docs/events.md), which COCO tools ignore.
     """
     data = coco_dict(results, categories=categories, taxonomy=taxonomy)
     return atomic_write_text(path, _coco_text(data))
@@ -331,7 +333,9 @@ def write_predictions_csv(
     is no taxonomy) and ``species_score`` its probability, even when it is under the roll-up threshold;
     ``identified_as`` is what the box is (the roll-up's taxon, else the detector's ``category``) and
     ``species_uncertain`` is ``true`` when the classifier named no taxon, so ``species`` is only a guess (``false``
-    when it named one, empty when the box was not classified); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
+    when it named one, empty when the box was not classified); ``datetime``, ``timestamp_source``, ``deployment``,
+    ``event_id`` and ``event_species`` say when the photo was taken and which event it belongs to (the same on every
+    row of an image, empty for an image in no event; docs/events.md); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
     carriage return get a leading ``'`` so a spreadsheet shows them instead of running them.
     """
     return atomic_write_text(path, predictions_csv_text(results, taxonomy=taxonomy))
