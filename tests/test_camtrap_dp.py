@@ -168,3 +168,22 @@ def test_bad_deployments_files_are_refused_naming_the_line(tmp_path: Path, text:
     path.write_text(text)
     with pytest.raises(InputError, match=match):
         read_deployments(path)
+
+
+def test_people_and_vehicles_are_not_animals() -> None:
+    from birddet.pipeline.camtrap_dp import camtrap_dp_texts
+    from birddet.pipeline.events import EventOptions, build_events
+    from birddet.pipeline.results import Detection, ImageResult
+
+    dets = [Detection((1, 1, 5, 5), 0.9, 2, "person"), Detection((1, 1, 5, 5), 0.8, 1, "bird")]
+    image = ImageResult("cam/a.jpg", "/x/cam/a.jpg", 10, 10, dets, datetime="2024-01-01T00:00:00+00:00")
+    texts = camtrap_dp_texts(
+        build_events([image], None, EventOptions()),
+        {"cam": {"deploymentID": "cam", "latitude": "1", "longitude": "2"}},
+        taxonomy=None,
+        detector_name="det.pt",
+        classifier_name=None,
+    )
+    rows = list(csv.DictReader(texts["camtrap-dp/observations.csv"].splitlines()))
+    assert [(r["observationLevel"], r["observationType"]) for r in rows] == [
+        ("media", "human"), ("media", "animal"), ("event", "animal"), ("event", "human")]  # fmt: skip

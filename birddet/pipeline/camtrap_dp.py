@@ -166,6 +166,14 @@ def _box_taxon(det: Detection) -> tuple[str, float | None]:
     return "", det.score
 
 
+# Detector categories that are not animals, in the standard's observationType vocabulary (MegaDetector's names).
+_OBSERVATION_TYPES = {"person": "human", "human": "human", "vehicle": "vehicle"}
+
+
+def _observation_type(category: str) -> str:
+    return _OBSERVATION_TYPES.get(category.strip().lower(), "animal")
+
+
 def _row(fields: Sequence[str], values: Mapping[str, Any]) -> list[Any]:
     unknown = set(values) - set(fields)
     if unknown:
@@ -223,7 +231,8 @@ def camtrap_dp_texts(
                 x, y, w, h = _bbox(det, image)
                 obs_rows.append(
                     _row(OBSERVATIONS_FIELDS, {
-                        **common, "observationID": f"{image.file}#{k}", "observationType": "animal",
+                        **common, "observationID": f"{image.file}#{k}",
+                        "observationType": _observation_type(det.category_name),
                         "scientificName": name, "count": 1, "bboxX": x, "bboxY": y, "bboxWidth": w, "bboxHeight": h,
                         "classificationMethod": "machine",
                         "classifiedBy": classified_by if det.classifications else detector_name,
@@ -246,7 +255,8 @@ def camtrap_dp_texts(
                 taxa[named] = s
             obs_rows.append(
                 _row(OBSERVATIONS_FIELDS, {
-                    **row, "observationType": "animal", "scientificName": named, "count": s.max_count,
+                    **row, "observationType": _observation_type(s.category), "scientificName": named,
+                    "count": s.max_count,
                     "classificationMethod": "machine",
                     "classifiedBy": classified_by if s.species_score is not None else detector_name,
                     "classificationTimestamp": created.isoformat(),

@@ -137,12 +137,10 @@ def counts_csv_text(events: Sequence[Event]) -> str:
 
 
 def check_event_inputs(items: Sequence[Located], options: PredictOptions) -> None:
-    """Before a run: the event options are valid and ``--deployments`` (for ``--format camtrap-dp``) has a row
-    for every camera folder among ``items`` (the listed sources), so a gap costs nothing."""
-    event_options = options.event_options()
-    event_options.validate()
+    """Before a run (after ``options.validate()``): ``--deployments`` (for ``--format camtrap-dp``) has a row for
+    every camera folder among ``items`` (the listed sources), so a missing camera costs no model time."""
     if "camtrap-dp" in options.formats and options.deployments:
-        cameras = sorted({deployment_of(item, event_options.deployment_depth) for item in items})
+        cameras = sorted({deployment_of(item, options.deployment_depth) for item in items})
         check_deployments(read_deployments(options.deployments), cameras, options.deployments)
 
 
