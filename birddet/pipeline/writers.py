@@ -345,7 +345,8 @@ def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy |
     """The text of :func:`write_predictions_csv`."""
     rows: list[list[Any]] = [list(CSV_COLUMNS)]
     for r in results:
-        where = ["" if v is None else v for v in _image_fields(r).values()]
+        fields = _image_fields(r)
+        where = ["" if fields[c] is None else fields[c] for c in CSV_COLUMNS[-_IMAGE_COLUMNS:]]
         if r.failure is not None:
             rows.append(
                 [{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS[:-_IMAGE_COLUMNS]] + where
