@@ -22,7 +22,7 @@ from birddet.cli import main
 from birddet.engine.trainer import train
 from birddet.fileio import atomic_torch_save, atomic_write_text
 
-OUTPUTS = ("megadetector.json", "coco.json", "predictions.csv")
+OUTPUTS = ("megadetector.json", "coco.json", "predictions.csv", "events.csv", "counts.csv")
 
 
 def _mode(path: Path) -> int:

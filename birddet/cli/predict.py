@@ -32,7 +32,31 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--species-list", default=None, help="text file of allowed species, one per line")
     p.add_argument("--common-names", default=None, help="JSON {class index: common name}")
     p.add_argument("--rollup-threshold", type=float, default=0.5)
-    p.add_argument("--format", default="megadetector,coco,csv", help="comma list of megadetector, coco, csv")
+    p.add_argument(
+        "--format",
+        default="megadetector,coco,csv",
+        help="comma list of megadetector, coco, csv (with events.csv, counts.csv), camtrap-dp (needs --deployments)",
+    )
+    p.add_argument(
+        "--event-gap",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest gap between two photos of one event (default 60, as AddaxAI); docs/events.md",
+    )
+    p.add_argument(
+        "--deployment-depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a camera is the first N folders below the source root (default: the photo's whole folder)",
+    )
+    p.add_argument(
+        "--deployments",
+        default=None,
+        metavar="CSV",
+        help="for camtrap-dp: each camera's deploymentID, latitude, longitude (+ other Camtrap DP deployment columns)",
+    )
     p.add_argument("--save-images", action="store_true", help="write annotated copies to OUT/images/")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
@@ -92,6 +116,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         merge_match=args.merge_match,
         merge_threshold=args.merge_threshold,
         max_dets=args.max_dets,
+        event_gap=args.event_gap,
+        deployment_depth=args.deployment_depth,
+        deployments=args.deployments,
     )
     summary = run_prediction(args.checkpoint, args.sources, Path(args.out), options)
     print(summary)

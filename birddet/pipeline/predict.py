@@ -50,6 +50,7 @@ from birddet.data.images import (
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
 from birddet.models.detector import BirdDetector
+from birddet.pipeline.event_writers import check_event_inputs, event_output_texts
 from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
 from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
 from birddet.pipeline.results import Detection, ImageResult
@@ -58,8 +59,9 @@ from birddet.pipeline.shards import Shard, check_resume_layout, join, leave, mer
 from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
+from birddet.pipeline.timestamps import stamp_results
 from birddet.pipeline.visualize import save_annotated
-from birddet.pipeline.writers import write_outputs
+from birddet.pipeline.writers import OUTPUT_NAMES, write_outputs
 
 __all__ = ["PROGRESS_NAME", "PredictOptions", "run_prediction"]
 
@@ -247,6 +249,7 @@ def _process_batch(
             results[i] = ImageResult(src.file, str(src.path), int(width), int(height), dets)
             if opts.save_images:
                 _save_image(run, img, results[i])
+    stamp_results(results.values())  # the photo's time (EXIF, else the file's), saved with the result
     return [results[i] for i, _, _ in batch]
 
 
@@ -309,6 +312,7 @@ def run_prediction(
     items = listing.images
     if listing.skipped:
         logger.warning("%s", listing.skipped_note())
+    check_event_inputs(items, options)
     shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
     lock = _claim_folder(out_dir, items, options, shard)
     try:
@@ -357,14 +361,20 @@ def _predict(
         ordered = merge_results(shard, list(finished.values()), [str(src.path) for src in items])
         if ordered is None:
             return {}, list(finished.values())
+        classifier_name = None if classifier is None else classifier.name
+        # Events come from the merged results of the whole run, never from one shard (pipeline/event_writers.py).
+        events = event_output_texts(
+            ordered, options, taxonomy=run.taxonomy, detector_name=checkpoint.name, classifier_name=classifier_name
+        )
         written = write_outputs(
             out_dir,
             ordered,
-            options.formats,
+            [f for f in options.formats if f in OUTPUT_NAMES],
             detection_categories=detector.categories,
             taxonomy=run.taxonomy,
             detector_name=checkpoint.name,
-            classifier_name=None if classifier is None else classifier.name,
+            classifier_name=classifier_name,
+            extra=events,
         )
         return written, ordered
 

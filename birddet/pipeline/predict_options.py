@@ -9,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from birddet.errors import InputError
+from birddet.pipeline.events import DEFAULT_EVENT_GAP_S, EventOptions
 from birddet.pipeline.tiling import TileOptions
 from birddet.pipeline.writers import OUTPUT_NAMES
+
+# Formats written from the whole run's events rather than per image (birddet.pipeline.event_writers).
+PACKAGE_FORMATS = ("camtrap-dp",)
 
 __all__ = ["PredictOptions"]
 
@@ -54,6 +58,20 @@ class PredictOptions:
     # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
     # quarter of the available memory, never less than one image at the per-image cap.
     decode_budget: float | None = None
+    # Events (birddet.pipeline.events): the longest gap inside one event, and how many folders name a camera.
+    event_gap: float = DEFAULT_EVENT_GAP_S
+    deployment_depth: int | None = None
+    # --format camtrap-dp: CSV of each camera's deploymentID, latitude, longitude (+ other Camtrap DP columns).
+    deployments: str | None = None
+
+    def event_options(self) -> EventOptions:
+        """The event settings as `EventOptions` (the species rule uses this run's classify_conf and roll-up)."""
+        return EventOptions(
+            gap_s=self.event_gap,
+            deployment_depth=self.deployment_depth,
+            classify_conf=self.classify_conf,
+            rollup_threshold=self.rollup_threshold,
+        )
 
     def tile_options(self) -> TileOptions | None:
         """The tiling settings as `TileOptions` (validated), or None for an untiled run."""
@@ -88,8 +106,15 @@ class PredictOptions:
             raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if not self.use_classifier and (self.taxon or self.species_list):
             raise InputError("--taxon and --species-list restrict the species classifier; drop --no-classifier")
+        known = (*OUTPUT_NAMES, *PACKAGE_FORMATS)
         if not self.formats:
-            raise InputError(f"--format names no output; choose from {', '.join(OUTPUT_NAMES)}")
-        unknown = [f for f in self.formats if f not in OUTPUT_NAMES]
+            raise InputError(f"--format names no output; choose from {', '.join(known)}")
+        unknown = [f for f in self.formats if f not in known]
         if unknown:
-            raise InputError(f"unknown --format {', '.join(unknown)}; choose from {', '.join(OUTPUT_NAMES)}")
+            raise InputError(f"unknown --format {', '.join(unknown)}; choose from {', '.join(known)}")
+        self.event_options().validate()
+        if "camtrap-dp" in self.formats and not self.deployments:
+            raise InputError(
+                "--format camtrap-dp needs --deployments FILE: Camtrap DP requires every camera's latitude and "
+                "longitude; give a CSV with columns deploymentID,latitude,longitude, one row per camera folder"
+            )

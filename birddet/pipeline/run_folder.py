@@ -23,6 +23,7 @@ from PIL import Image
 from birddet.engine import distributed
 from birddet.errors import InputError
 from birddet.fileio import remove_stale_temps
+from birddet.pipeline.event_writers import EVENT_FILES
 from birddet.pipeline.predict_options import PredictOptions
 from birddet.pipeline.progress import PROGRESS_NAME
 from birddet.pipeline.shards import Shard
@@ -49,7 +50,7 @@ def _progress_files(out_dir: Path) -> list[Path]:
 
 def _run_files(out_dir: Path) -> list[Path]:
     """The files of an earlier run in ``out_dir`` (progress, outputs, manifest) that exist."""
-    names = (*OUTPUT_NAMES.values(), MANIFEST_NAME)
+    names = (*OUTPUT_NAMES.values(), *EVENT_FILES, MANIFEST_NAME)
     return [p for p in (*_progress_files(out_dir), *(out_dir / n for n in names)) if p.exists()]
 
 
@@ -67,7 +68,7 @@ def _protect_sources(items: Sequence[SourceImage], out_dir: Path, options: Predi
         except OSError:
             continue  # a missing list entry: nothing to protect
         inputs[(st.st_dev, st.st_ino)] = src.path
-    fixed = (LOCK_NAME, MANIFEST_NAME, *OUTPUT_NAMES.values())
+    fixed = (LOCK_NAME, MANIFEST_NAME, *OUTPUT_NAMES.values(), *EVENT_FILES)
     targets = [(out_dir / name, "an output file") for name in fixed]
     targets += [(p, "a progress file") for p in _progress_files(out_dir)]
     if options.save_images:

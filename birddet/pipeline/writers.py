@@ -55,7 +55,14 @@ CSV_COLUMNS: tuple[str, ...] = (
     # Added after the first release; appended so that readers by position keep working.
     "identified_as",
     "species_uncertain",
+    # When and where the photo was taken, and its event (birddet.pipeline.events).
+    "datetime",
+    "timestamp_source",
+    "deployment",
+    "event_id",
+    "event_species",
 )
+_IMAGE_COLUMNS = 5  # the last five: the same on every row of an image
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------
@@ -135,6 +142,8 @@ def megadetector_dict(
         if r.failure is not None:
             # The format says: failure is a string and detections is null (not an empty list).
             images.append({"file": r.file, "failure": r.failure, "detections": None})
+            if r.datetime:
+                images[-1]["datetime"] = r.datetime
             continue
         if not r.width or not r.height:
             raise ValueError(f"image {r.file!r} has no size; MegaDetector boxes are normalised by it")
@@ -156,7 +165,7 @@ def megadetector_dict(
                 ]
                 used_classes.update(int(c.class_index) for c in ranked)
             dets.append(entry)
-        images.append({"file": r.file, "detections": dets})
+        images.append({"file": r.file, "detections": dets, **({"datetime": r.datetime} if r.datetime else {})})
 
     out: dict[str, Any] = {
         "info": info,
@@ -230,7 +239,7 @@ def coco_dict(
         if r.failure is not None:
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": r.file, "width": r.width, "height": r.height})
+        images.append({"id": image_id, "file_name": r.file, "width": r.width, "height": r.height, **_image_fields(r)})
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             w, h = x2 - x1, y2 - y1
@@ -278,6 +287,8 @@ def write_coco_json(
     ``area``, ``iscrowd`` 0, ``score``) plus the species and roll-up fields, which COCO tools ignore.
     ``category_id`` is always the detector's category; ``identified_as`` is the roll-up's taxon, or the detector's
     category when ``species_uncertain`` is true (the species fields then hold the best guess and its probability).
+    Images carry ``datetime``, ``timestamp_source``, ``deployment``, ``event_id`` and ``event_species``
+    (docs/events.md), which COCO tools ignore.
     """
     data = coco_dict(results, categories=categories, taxonomy=taxonomy)
     return atomic_write_text(path, _coco_text(data))
@@ -288,6 +299,18 @@ def _coco_text(data: dict[str, Any]) -> str:
 
 
 # -- CSV ---------------------------------------------------------------------------------------------------
+
+
+def _image_fields(r: ImageResult) -> dict[str, Any]:
+    """When and where an image was taken, and its event: the per-image fields of the COCO and CSV outputs."""
+    event = r.event
+    return {
+        "datetime": r.datetime,
+        "timestamp_source": r.timestamp_source,
+        "deployment": None if event is None else event.deployment,
+        "event_id": None if event is None else event.event_id,
+        "event_species": None if event is None else event.species,
+    }
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -310,7 +333,9 @@ def write_predictions_csv(
     is no taxonomy) and ``species_score`` its probability, even when it is under the roll-up threshold;
     ``identified_as`` is what the box is (the roll-up's taxon, else the detector's ``category``) and
     ``species_uncertain`` is ``true`` when the classifier named no taxon, so ``species`` is only a guess (``false``
-    when it named one, empty when the box was not classified); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
+    when it named one, empty when the box was not classified); ``datetime``, ``timestamp_source``, ``deployment``,
+    ``event_id`` and ``event_species`` say when the photo was taken and which event it belongs to (the same on every
+    row of an image, empty for an image in no event; docs/events.md); UTF-8, ``\\r\\n`` line ends (csv module). Text cells starting with ``= + - @``, a tab or a
     carriage return get a leading ``'`` so a spreadsheet shows them instead of running them.
     """
     return atomic_write_text(path, predictions_csv_text(results, taxonomy=taxonomy))
@@ -320,11 +345,15 @@ def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy |
     """The text of :func:`write_predictions_csv`."""
     rows: list[list[Any]] = [list(CSV_COLUMNS)]
     for r in results:
+        fields = _image_fields(r)
+        where = ["" if fields[c] is None else fields[c] for c in CSV_COLUMNS[-_IMAGE_COLUMNS:]]
         if r.failure is not None:
-            rows.append([{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS])
+            rows.append(
+                [{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS[:-_IMAGE_COLUMNS]] + where
+            )
             continue
         if not r.detections:
-            rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2)])
+            rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2 - _IMAGE_COLUMNS), *where])
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             _, species, common, species_score = _species_fields(d, taxonomy)
@@ -347,6 +376,7 @@ def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy |
                     "",
                     d.identified_as,
                     _csv_bool(d.species_uncertain),
+                    *where,
                 ]
             )
     return csv_text(rows)
@@ -365,9 +395,11 @@ def write_outputs(
     detector_name: str,
     classifier_name: str | None = None,
     detector_metadata: Mapping[str, Any] | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write each requested format under ``out_dir`` with its fixed name, as one set, then ``manifest.json``;
-    return ``{format: path}``.
+    return ``{format: path}``. ``extra`` maps more files (a name relative to ``out_dir``) to their text: written
+    in the same set, listed in the manifest and returned under their names (events.csv, the Camtrap DP package).
 
     Names are fixed (:data:`OUTPUT_NAMES`) so scripts and ``--resume`` find them without configuration.
     Formats are checked before anything is written, so a typo does not leave a half-written output folder. An
@@ -397,7 +429,11 @@ def write_outputs(
         else:
             texts[fmt] = predictions_csv_text(results, taxonomy=taxonomy)
     written = {fmt: out / OUTPUT_NAMES[fmt] for fmt in texts}
-    atomic_write_set({written[fmt]: text for fmt, text in texts.items()})
+    extra = dict(extra or {})
+    for name in extra:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+    written.update({name: out / name for name in extra})
+    atomic_write_set({written[fmt]: text for fmt, text in texts.items()} | {out / n: t for n, t in extra.items()})
     manifest = {
         "birddet_outputs": MANIFEST_VERSION,
         "run": uuid.uuid4().hex,
@@ -405,7 +441,8 @@ def write_outputs(
         "files": {
             OUTPUT_NAMES[fmt]: {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
             for fmt, text in texts.items()
-        },
+        }
+        | {name: {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()} for name, text in extra.items()},
     }
     atomic_write_json(out / MANIFEST_NAME, manifest, indent=1)
     return written
