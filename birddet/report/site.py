@@ -119,7 +119,7 @@ def _site_data(
 
     images = []
     for n, (image, (preview, why)) in enumerate(zip(shown, made, strict=True)):
-        entry: dict[str, Any] = {"f": image.file, "p": preview}
+        entry: dict[str, Any] = {"f": image.file, "p": preview, "w": image.width, "h": image.height}
         if why:
             entry["x"] = why
         for key, table, value in (("dep", deployments, image.deployment), ("ev", events, image.event)):

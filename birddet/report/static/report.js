@@ -115,7 +115,6 @@
     frame.textContent = "";
     if (im.p) frame.appendChild(el("img", { src: im.p, alt: im.f, loading: "lazy", decoding: "async" }));
     else frame.appendChild(el("div", { "class": "placeholder", text: "no preview: " + (im.x || "image not found") }));
-    if (im.w && im.h) frame.style.aspectRatio = im.w + " / " + im.h;
     if (!im.p) return;
     if (EVAL) {
       var m = match(im, state.thr, false);
@@ -153,6 +152,10 @@
     state.order.slice(0, state.shown).forEach(function (i, pos) {
       var im = R.images[i], frame = el("div", { "class": "frame" });
       frameFor(im, frame, false);
+      if (im.w && im.h) {  // reserve the image's shape before it loads; tall images no wider than a square
+        frame.style.aspectRatio = im.w + " / " + im.h;
+        frame.style.width = "min(100%, " + Math.round(240 * im.w / im.h) + "px)";
+      }
       var card = el("figure", { "class": "card", tabindex: "0", "data-index": String(i) }, [frame, caption(im)]);
       card.addEventListener("click", function () { openDetail(pos); });
       card.addEventListener("keydown", function (e) { if (e.key === "Enter") openDetail(pos); });
@@ -273,7 +276,14 @@
     $("detail-title").textContent = (pos + 1) + " / " + state.order.length + "  " + im.f + (im.t ? "  " + im.t : "");
     frameFor(im, $("detail-frame"), true);
     var img = $("detail-frame").querySelector("img");
-    if (img) img.removeAttribute("loading");
+    if (img) {
+      img.removeAttribute("loading");
+      if (im.w && im.h) {  // as large as the screen allows, in the image's shape, so boxes sit on it exactly
+        var scale = Math.min(window.innerWidth * 0.66 / im.w, window.innerHeight * 0.85 / im.h);
+        img.style.width = Math.round(im.w * scale) + "px";
+        img.style.height = Math.round(im.h * scale) + "px";
+      }
+    }
     var status = EVAL ? match(im, state.thr, false).det : [];
     var rows = im.d.map(function (d, i) { return [i, d]; }).filter(function (e) { return e[1][4] >= state.thr; })
       .sort(function (a, b) { return b[1][4] - a[1][4]; }).map(function (e) {
