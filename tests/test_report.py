@@ -209,7 +209,7 @@ def test_report_folder_is_self_contained(tmp_path: Path) -> None:
     for im in data["images"]:
         assert (report / im["p"]).is_file()
         with Image.open(report / im["p"]) as img:
-            assert max(img.size) <= 960
+            assert max(img.size) <= 800
     rotated = next(im for im in data["images"] if im["f"] == "cam1/img_005.jpg")
     with Image.open(report / rotated["p"]) as img:
         assert img.size == (180, 320)  # EXIF-rotated photo previewed upright, as predict's boxes are
@@ -339,3 +339,14 @@ def test_csv_rows_are_read_by_name(tmp_path: Path) -> None:
     build_report(run, tmp_path / "report")
     data = report_data(tmp_path / "report")
     assert data["deployments"] == ["site9"] and data["total"] == 12
+
+
+def test_previews_decode_jpegs_at_a_reduced_scale(tmp_path: Path) -> None:
+    """`load_image(draft=N)` keeps the long side at least N (and the EXIF rotation), decoding less."""
+    from birddet.data.images import load_image
+
+    _photo(tmp_path / "wide.jpg", (1920, 1080), 0)
+    _photo(tmp_path / "turned.jpg", (1600, 1200), 1, rotated=True)  # stored 1200x1600, shown 1600x1200
+    assert load_image(tmp_path / "wide.jpg", draft=800).size == (960, 540)
+    assert load_image(tmp_path / "wide.jpg", draft=1000).size == (1920, 1080)  # 1/2 would be under 1000
+    assert load_image(tmp_path / "turned.jpg", draft=400).size == (400, 300)

@@ -58,7 +58,7 @@ def build_report(
     atomic_write_text(out / "index.html", (static / "index.html").read_text(encoding="utf-8"))
     atomic_write_text(out / MARKER, json.dumps({"source": str(source.resolve()), "kind": run.kind}) + "\n")
     missing = sum(p is None for p, _ in made)
-    sampled = f"a sample of {len(shown)} of {len(readable)} images" if len(shown) < len(readable) else f"{len(shown)}"
+    sampled = f"a sample of {len(shown)} of {len(readable)}" if len(shown) < len(readable) else f"{len(shown)}"
     return (
         f"{run.kind} report of {source} ({run.read_from}): {sampled} images shown"
         + (f", {missing} without a preview" if missing else "")
