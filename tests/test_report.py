@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_output_safety import FAST, make_photos, tiny_ckpt  # noqa: F401 - tiny_ckpt is a fixture
 
 from birddet.cli import main
 from birddet.engine.evaluator import evaluate, load_ground_truth
@@ -350,3 +351,51 @@ def test_previews_decode_jpegs_at_a_reduced_scale(tmp_path: Path) -> None:
     assert load_image(tmp_path / "wide.jpg", draft=800).size == (960, 540)
     assert load_image(tmp_path / "wide.jpg", draft=1000).size == (1920, 1080)  # 1/2 would be under 1000
     assert load_image(tmp_path / "turned.jpg", draft=400).size == (400, 300)
+
+
+# -- folders written by the real commands ------------------------------------------------------------------------------
+
+
+def test_report_of_a_real_predict_run(
+    tiny_ckpt: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`birddet predict` with a tiny detector, then `birddet report` of its folder: every image, every box."""
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / "photos")
+    assert main(["predict", str(tiny_ckpt), str(tmp_path / "photos"), "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
+    data = report_data(tmp_path / "report")
+    mega = json.loads((tmp_path / "run" / "megadetector.json").read_text())
+    assert sorted(im["f"] for im in data["images"]) == sorted(im["file"] for im in mega["images"])
+    assert sum(len(im["d"]) for im in data["images"]) == sum(len(im["detections"]) for im in mega["images"])
+    assert all((tmp_path / "report" / im["p"]).is_file() for im in data["images"])
+
+
+def test_report_of_a_real_eval_run(tmp_path: Path) -> None:
+    """`birddet eval` with a tiny detector on a synthetic split, then `birddet report`: found without --gt."""
+    from test_eval_command import _checkpoint
+
+    from birddet.data.synthetic import make_synthetic_coco
+
+    split = make_synthetic_coco(tmp_path / "data", num_train=0, num_val=3, seed=1)
+    ckpt = _checkpoint(tmp_path / "tiny.pt", {1: "songbird", 2: "wader", 3: "raptor"})
+    argv = [
+        "eval",
+        str(ckpt),
+        "--ann",
+        str(split["val"]),
+        "--images",
+        str(split["images"]),
+        "--out",
+        str(tmp_path / "eval"),
+    ]
+    assert main([*argv, "--workers", "0", "--device", "cpu", "--conf", "0.0"]) == 0
+    assert main(["report", str(tmp_path / "eval"), "--out", str(tmp_path / "report")]) == 0
+    data = report_data(tmp_path / "report")
+    gt = json.loads(Path(split["val"]).read_text())
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert len(data["images"]) == 3 and sum(len(im["g"]) for im in data["images"]) == len(gt["annotations"])
+    assert sum(len(im["d"]) for im in data["images"]) == len(results)
+    assert (tmp_path / "report" / "plots" / "pr_curve.png").is_file()
