@@ -172,6 +172,9 @@ def test_predictions_view(browser, tmp_path: Path) -> None:
         im["f"] for im in images if data["deployments"][im["dep"]] == "site1"
     )
     _select(browser, "filter-deployment", "all")
+    _select(browser, "filter-event", "ev1")
+    assert sorted(_shown_files(browser)) == sorted(im["f"] for im in images if data["events"][im["ev"]] == "ev1")
+    _select(browser, "filter-event", "all")
     _select(browser, "sort", "time")
     assert _shown_files(browser) == [im["f"] for im in sorted(images, key=lambda im: (im["t"], im["f"]))]
     _select(browser, "sort", "top score")
