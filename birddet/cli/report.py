@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from birddet.report.site import DEFAULT_MAX_IMAGES
+from birddet.report.sample import DEFAULT_MAX_IMAGES
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,18 @@ It reads only what the commands wrote, never a model: `inputs.py` reads a predic
 the site.
 """
 
-from birddet.report.site import build_report
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["build_report"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the CLI imports this package while it parses arguments, before torch may load (birddet/cli/__init__.py),
+    # and the site's writers import birddet.fileio, which imports torch.
+    if name == "build_report":
+        from birddet.report.site import build_report
+
+        return build_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

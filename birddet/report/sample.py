@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from birddet.report.inputs import ReportImage
 
+DEFAULT_MAX_IMAGES = 2000  # as many previews as a browser scrolls through easily; about 150 MB of JPEGs
 CONFIDENCE_BANDS = (0.2, 0.5, 0.8)  # band edges: [0, 0.2), [0.2, 0.5), [0.5, 0.8), [0.8, 1]
 
 

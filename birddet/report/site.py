@@ -15,9 +15,8 @@ from birddet.errors import InputError
 from birddet.fileio import atomic_write_text
 from birddet.report.assets import make_all_assets
 from birddet.report.inputs import ReportImage, RunData, read_run
-from birddet.report.sample import stratified_sample
+from birddet.report.sample import DEFAULT_MAX_IMAGES, stratified_sample
 
-DEFAULT_MAX_IMAGES = 2000
 CROPS_PER_SPECIES = 24
 STATIC_FILES = ("report.js", "report.css")
 MARKER = "birddet-report.json"  # says a folder is a report, so a rerun may replace it and nothing else is touched
