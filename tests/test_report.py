@@ -399,3 +399,11 @@ def test_report_of_a_real_eval_run(tmp_path: Path) -> None:
     assert len(data["images"]) == 3 and sum(len(im["g"]) for im in data["images"]) == len(gt["annotations"])
     assert sum(len(im["d"]) for im in data["images"]) == len(results)
     assert (tmp_path / "report" / "plots" / "pr_curve.png").is_file()
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "neither predict outputs" in err
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--max-images", "0"]) == 2
