@@ -44,6 +44,11 @@ def test_eval_writes_results_in_original_coordinates_and_metrics(split, tmp_path
         width, height = sizes[r["image_id"]]
         assert x >= 0 and y >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
     assert "AP50" in capsys.readouterr().out
+    inputs = json.loads((out / "eval_inputs.json").read_text())  # what `birddet report` reads the images from
+    assert (inputs["ann"], inputs["images"]) == (
+        str(Path(split["val"]).resolve()),
+        str(Path(split["images"]).resolve()),
+    )
 
 
 def test_eval_with_categories_the_checkpoint_lacks_exits_2_with_a_reason(split, tmp_path, capsys):

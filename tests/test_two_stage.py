@@ -110,6 +110,10 @@ def test_eval_with_classifier_writes_species_metrics_and_two_stage_record(traine
     top1, matched = classifier_top1_on_matches(load_ground_truth(d / "val.json"), results)
     assert two["classifier_matched"] == matched and two["classifier_top1"] == (None if matched == 0 else top1)
     assert all(r["category_id"] in SPECIES for r in results) and len(results) == two["num_detections"]
+    # The two factors are kept apart for `birddet report`'s crop gallery, and eval names what it ran on.
+    assert all(r["score"] == pytest.approx(r["det_score"] * r["species_prob"], abs=1e-5) for r in results)
+    inputs = json.loads((out / "eval_inputs.json").read_text())
+    assert inputs["ann"] == str((d / "val.json").resolve()) and inputs["classifier"] == str(trained["cls"])
     assert "classifier top-1" in capsys.readouterr().out
 
 

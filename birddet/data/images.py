@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import warnings
@@ -73,12 +74,18 @@ class ImageLoadError(InputError):
 
 
 def load_image(
-    path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXELS, apply_exif: bool = True
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    apply_exif: bool = True,
+    draft: int | None = None,
 ) -> Image.Image:
     """Decode `path` fully and return it as an 8-bit RGB image in display orientation.
 
     `apply_exif=False` keeps the stored pixel orientation; the dataset uses it for annotation files that were made
-    on the raw pixels (their width/height match the unrotated image).
+    on the raw pixels (their width/height match the unrotated image). `draft` (a long side in pixels) lets a JPEG
+    decode at the smallest of 1/2, 1/4, 1/8 scale whose long side is still at least that (Pillow's draft mode),
+    several times faster; for previews only, since the pixels are no longer the file's.
     """
     path = Path(path)
     _check_file(path)
@@ -87,6 +94,9 @@ def load_image(
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with _pillow_pixel_limit(max_pixels), Image.open(path) as img:
             _check_size(path, img.size, max_pixels)
+            if draft is not None:
+                scale = draft / max(img.size)
+                img.draft(img.mode, (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
             img.load()  # decode everything now: a truncated file fails here, not deep inside a DataLoader
             if apply_exif:
                 img = _apply_exif_orientation(path, img)

@@ -85,6 +85,20 @@ def metrics_dict(result: EvalResult) -> dict[str, Any]:
     }
 
 
+INPUTS_NAME = "eval_inputs.json"
+
+
+def write_eval_inputs(out_dir: str | Path, *, ann: str | Path, images: str | Path, **models: Any) -> Path:
+    """`eval_inputs.json`: the absolute paths of the ground truth and image root an eval ran on (and its models),
+    so that `birddet report` can draw each image's ground truth next to its `results.json` without being told."""
+    data = {
+        "ann": str(Path(ann).resolve()),
+        "images": str(Path(images).resolve()),
+        **{k: (None if v is None else str(v)) for k, v in models.items()},
+    }
+    return atomic_write_text(Path(out_dir) / INPUTS_NAME, json.dumps(data, indent=2) + "\n")
+
+
 def write_metrics_json(result: EvalResult, path: str | Path) -> Path:
     """Write `metrics.json` atomically (temp file + `os.replace`)."""
     return atomic_write_text(path, json.dumps(metrics_dict(result), indent=2) + "\n")

@@ -267,7 +267,7 @@ def evaluate_checkpoint(
     from birddet.data.transforms import build_eval_transforms
     from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
-    from birddet.engine.reports import write_report
+    from birddet.engine.reports import write_eval_inputs, write_report
 
     ctx = D.init_distributed(device)
     try:
@@ -304,6 +304,7 @@ def evaluate_checkpoint(
             return None
         out = Path(out_dir)
         atomic_write_json(out / "results.json", results)
+        write_eval_inputs(out, ann=ann, images=images, checkpoint=checkpoint)
         coco_gt = load_ground_truth(ann)
         result = evaluate(coco_gt, results, max_dets=coco_max_dets(detector, max_dets))
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)

@@ -111,6 +111,10 @@ def species_results(
                 "category_id": int(class_to_category[int(ci)]),
                 "bbox": list(det["bbox"]),
                 "score": round(float(det["score"]) * pi, 6),
+                # The two factors, for readers that show them apart (`birddet report`'s crop gallery); COCO tools
+                # ignore extra keys.
+                "det_score": round(float(det["score"]), 6),
+                "species_prob": round(float(pi), 6),
             }
         )
     return out
@@ -153,7 +157,7 @@ def evaluate_two_stage(
     from birddet.data.transforms import build_eval_transforms
     from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
-    from birddet.engine.reports import metrics_dict, write_report
+    from birddet.engine.reports import metrics_dict, write_eval_inputs, write_report
     from birddet.engine.runner import _gt_categories, coco_max_dets, run_detector
     from birddet.models.detector import rescale_boxes
     from birddet.pipeline.species import SpeciesClassifier
@@ -201,6 +205,7 @@ def evaluate_two_stage(
             return None
         out = Path(out_dir)
         atomic_write_json(out / "results.json", results)
+        write_eval_inputs(out, ann=ann, images=images, checkpoint=checkpoint, classifier=classifier)
         coco_gt = load_ground_truth(ann)
         result = evaluate(coco_gt, results, max_dets=coco_max_dets(detector))
         write_report(result, out, coco_gt=coco_gt, results=results, plots=plots, score_threshold=conf_threshold)
