@@ -13,13 +13,14 @@ window by window) can learn from them:
   builder's rule, listed too).
 
 The category is the `label_field` attribute (default: the first of species, label, category, class, name that the
-layer has), else "bird" for all. pyogrio, shapely and pyproj are imported here only (the `geo` extra).
+layer has with any value), else "bird" for all; a feature with an empty label is listed and dropped. pyogrio, shapely and pyproj are imported here only (the `geo` extra).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +36,18 @@ LABEL_FIELDS = ("species", "label", "category", "class", "name")
 DEFAULT_LABEL = "bird"
 
 
-def _label_column(fields: list[str], label_field: str | None, where: str) -> int | None:
+def _label_column(fields: list[str], data: list[Any], label_field: str | None, where: str) -> int | None:
+    """The attribute holding the category: `label_field`, else the first of `LABEL_FIELDS` with any value (a
+    birddet `detections.gpkg` has an empty `species` without a classifier, and its `category` then names them)."""
     lower = [f.lower() for f in fields]
     if label_field is not None:
         if label_field.lower() not in lower:
             raise InputError(f"{where}: no attribute {label_field!r} (it has {', '.join(fields) or 'none'})")
         return lower.index(label_field.lower())
-    return next((lower.index(name) for name in LABEL_FIELDS if name in lower), None)
+    for name in LABEL_FIELDS:
+        if name in lower and any(v is not None and str(v).strip() for v in data[lower.index(name)]):
+            return lower.index(name)
+    return None
 
 
 def _to_pixels(xy: np.ndarray, transform: tuple[float, ...]) -> np.ndarray:
@@ -87,7 +93,7 @@ def convert_gis(
     except Exception as e:  # noqa: BLE001 - pyogrio raises its own DataSourceError/DataLayerError and OSError
         raise InputError(f"{labels}: cannot read it as a GIS vector file ({e}); export a GeoPackage from QGIS") from e
     fields = [str(f) for f in meta["fields"]]
-    column = _label_column(fields, label_field, where)
+    column = _label_column(fields, field_data, label_field, where)
     geoms = shapely.from_wkb(geometry)
 
     raster_crs = pyproj.CRS.from_wkt(georef.crs_wkt)
