@@ -80,10 +80,10 @@ def test_points_in_another_crs_become_boxes_of_point_box_metres(
 
 
 def test_predicted_geopackage_converts_back_to_the_predicted_boxes(
-    ckpt: Path,
+    ckpt: Path,  # noqa: F811 - the fixture imported above
     tmp_path: Path,
-    blob_detector: None,
-    capsys: pytest.CaptureFixture[str],  # noqa: F811
+    blob_detector: None,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """predict -> detections.gpkg -> convert gis: the same boxes, with the detector's category as the label."""
     raster = rgb_raster(tmp_path / "ortho.tif")
