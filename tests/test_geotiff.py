@@ -121,8 +121,10 @@ def blob_detector(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(path: Any, **_: Any) -> Any:
         raise AssertionError(f"{path} was decoded whole")
 
-    monkeypatch.setattr(birddet.data.images, "load_image", refuse)
-    monkeypatch.setattr(predict_module, "load_image", refuse)
+    import birddet.data.coco
+
+    for module in (birddet.data.images, birddet.data.coco, predict_module):
+        monkeypatch.setattr(module, "load_image", refuse)
 
 
 def coco_boxes(out: Path) -> list[tuple[float, ...]]:
