@@ -14,6 +14,7 @@ polygons; their boxes stay in the pixel outputs.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,14 +76,20 @@ def _arrays(fields: Mapping[str, list[Any]]) -> list[np.ndarray]:
 def _write_layer(path: Path, geometries: list[Any], fields: Mapping[str, list[Any]], **kw: Any) -> None:
     pyogrio = require("geo", "pyogrio")
     shapely = require("geo", "shapely")
-    pyogrio.raw.write(
-        path,
-        shapely.to_wkb(np.asarray(geometries, dtype=object)),
-        _arrays(fields),
-        list(FIELDS),
-        geometry_type="Polygon",
-        **kw,
-    )
+    chatty = logging.getLogger("pyogrio")  # logs "Created N records" at INFO for every layer: not news to a user
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        pyogrio.raw.write(
+            path,
+            shapely.to_wkb(np.asarray(geometries, dtype=object)),
+            _arrays(fields),
+            list(FIELDS),
+            geometry_type="Polygon",
+            **kw,
+        )
+    finally:
+        chatty.setLevel(level)
 
 
 def write_geo_outputs(
