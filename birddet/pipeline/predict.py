@@ -262,7 +262,7 @@ def _process_batch(
             height, width = img.shape[-2:]
             results[i] = ImageResult(src.file, str(src.path), int(width), int(height), dets)
             if isinstance(img, RasterImage):
-                run.rasters.record(str(src.path), src.file, img)
+                run.rasters.record(str(src.path), src.file, img, save_images=opts.save_images)
             elif opts.save_images:
                 _save_image(run, img, results[i])
     return [results[i] for i, _, _ in batch]

@@ -32,6 +32,7 @@ __all__ = ["RASTERS_NAME", "RasterLedger", "classify_boxes"]
 logger = logging.getLogger(__name__)
 
 RASTERS_NAME = "rasters.json"
+GPKG = "detections.gpkg"  # birddet.pipeline.geo_writers.GPKG_NAME, named here without importing the geo libraries
 
 
 def _region(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -88,9 +89,12 @@ class RasterLedger:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("%s is damaged (%s); the records of rasters finished earlier are lost", path, exc)
 
-    def record(self, path: str, file: str, raster: RasterImage) -> None:
+    def record(self, path: str, file: str, raster: RasterImage, *, save_images: bool = False) -> None:
+        """Keep `raster`'s report (after its windows were read) and close it; `--save-images` draws no raster."""
         self.records[path] = {"file": file, "path": path, **raster.report()}
         raster.close()
+        if save_images:
+            logger.warning("%s: no annotated copy of a raster (it would be drawn whole); open %s over it", file, GPKG)
 
     def georefs(self) -> dict[str, Georef]:
         return {
