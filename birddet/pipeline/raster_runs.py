@@ -24,6 +24,7 @@ import torch
 
 from birddet.data.rasters import Georef, RasterImage
 from birddet.fileio import atomic_write_json
+from birddet.pipeline.geo_writers import GPKG_NAME, write_geo_outputs
 from birddet.pipeline.results import ImageResult
 from birddet.pipeline.taxonomy import Taxonomy
 
@@ -32,7 +33,6 @@ __all__ = ["RASTERS_NAME", "RasterLedger", "classify_boxes"]
 logger = logging.getLogger(__name__)
 
 RASTERS_NAME = "rasters.json"
-GPKG = "detections.gpkg"  # birddet.pipeline.geo_writers.GPKG_NAME, named here without importing the geo libraries
 
 
 def _region(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -94,7 +94,9 @@ class RasterLedger:
         self.records[path] = {"file": file, "path": path, **raster.report()}
         raster.close()
         if save_images:
-            logger.warning("%s: no annotated copy of a raster (it would be drawn whole); open %s over it", file, GPKG)
+            logger.warning(
+                "%s: no annotated copy of a raster (it would be drawn whole); open %s over it", file, GPKG_NAME
+            )
 
     def georefs(self) -> dict[str, Georef]:
         return {
@@ -105,8 +107,6 @@ class RasterLedger:
 
     def write(self, out_dir: Path, results: Sequence[ImageResult], taxonomy: Taxonomy | None) -> dict[str, Path]:
         """`rasters.json` (with detections per category) and the map outputs; `{name: path}` of what was written."""
-        from birddet.pipeline.geo_writers import write_geo_outputs
-
         mine = [r for r in results if r.path in self.records]
         if not mine:
             return {}
