@@ -90,7 +90,8 @@ def resolve_device(spec: str) -> torch.device:
 
 
 class ImageFiles(Dataset):
-    """Dataset over file paths -> ``(index, uint8 [3, H, W] tensor, None)`` or ``(index, None, failure reason)``.
+    """Dataset over file paths -> ``(index, uint8 [3, H, W] tensor, None)`` or ``(index, None, failure reason)``;
+    with ``windowed`` (tiling) a raster comes as ``(index, RasterImage, None)``, opened but not read.
 
     Decoding happens in DataLoader workers; a bad file returns its reason instead of raising, because an
     exception in a worker would end the whole run for one corrupt JPEG.
