@@ -333,7 +333,8 @@ def test_tiled_training_reads_each_window_from_the_geotiff(tmp_path: Path, blob_
 def test_dropping_cut_duplicates_of_many_boxes_compares_a_bounded_number_of_pairs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An orthomosaic gives tens of thousands of boxes: 1,024 cut boxes against all of them at once took 1.2 GB."""
+    """An orthomosaic gives tens of thousands of boxes: 1,024 cut boxes against all of them at once raised the peak
+    RSS of a 1.6 Gpx run from 1.21 to 1.76 GB."""
     import birddet.pipeline.tiling as tiling
 
     pairs: list[int] = []

@@ -241,7 +241,8 @@ def drop_cut_duplicates(
     their intersection over the smaller (cut) box is near 1. A cut box with no such partner is kept: it is the only
     record of that bird (e.g. a bird bigger than the overlap). Rows are compared `chunk` at a time, fewer when there
     are many whole boxes (at most `MAX_PAIRS` pairs at once), so the tens of thousands of boxes of an orthomosaic
-    never need an N x N matrix: with 1,024 rows against 23,600 boxes the temporaries alone took 1.2 GB.
+    never need an N x N matrix: 1,024 rows against a 1.6-Gpx orthomosaic's boxes raised predict's peak RSS from 1.21 to
+    1.76 GB.
     """
     keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     cut_idx = torch.nonzero(cut).flatten()
