@@ -351,3 +351,28 @@ def test_dropping_cut_duplicates_of_many_boxes_compares_a_bounded_number_of_pair
     cut = torch.arange(300) % 3 == 0  # 100 cut boxes, each alone: none is a duplicate
     keep = tiling.drop_cut_duplicates(boxes, torch.ones(300, dtype=torch.int64), cut)
     assert keep.all() and max(pairs) <= 1000 and sum(pairs) == 100 * 200
+
+
+def test_resume_keeps_the_raster_record_and_rewrites_the_map_outputs(
+    ckpt: Path, tmp_path: Path, blob_detector: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raster = rgb_raster(tmp_path / "ortho.tif")
+    out = tmp_path / "out"
+    predict(ckpt, raster, out, capsys)
+    first = json.loads((out / "rasters.json").read_text())
+    (out / "detections.gpkg").unlink()
+    summary = predict(ckpt, raster, out, capsys, "--resume")
+    assert "1 from an earlier run" in summary and "35 windows, 15 skipped as nodata" in summary
+    assert json.loads((out / "rasters.json").read_text()) == first
+    assert pyogrio.read_info(out / "detections.gpkg")["features"] == len(BIRDS)
+
+
+def test_without_the_geo_extra_a_tiled_raster_run_stops_naming_the_install(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raster = rgb_raster(tmp_path / "ortho.tif")
+    monkeypatch.setitem(__import__("sys").modules, "rasterio", None)  # `import rasterio` now raises ImportError
+    code = main(["predict", str(ckpt), str(raster), "--out", str(tmp_path / "out"), *FAST])
+    assert code == 2
+    assert "pip install 'birddet[geo]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing started

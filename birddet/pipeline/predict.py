@@ -50,6 +50,7 @@ from birddet.data.images import (
 from birddet.data.rasters import RasterImage, is_raster_path
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
+from birddet.extras import require
 from birddet.models.detector import BirdDetector
 from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
 from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
@@ -327,6 +328,8 @@ def run_prediction(
     device = resolve_device(options.device)
     listing = scan_sources(sources, exclude=[out_dir])
     items = listing.images
+    if options.tile is not None and any(is_raster_path(src.path) for src in items):
+        require("geo", "rasterio")  # a missing extra stops here, naming the install, not as one failure per raster
     if listing.skipped:
         logger.warning("%s", listing.skipped_note())
     shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
