@@ -105,7 +105,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="turn VOC, YOLO, CSV or predictions into COCO JSON for training")
+    p = sub.add_parser("convert", help="turn VOC, YOLO, CSV, GIS labels or predictions into COCO JSON for training")
     fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
     voc = fmt.add_parser("voc", help="Pascal VOC XML files (searched recursively)")
     voc.add_argument("src", help="folder of .xml files (or one file)")
@@ -134,7 +134,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     pred.add_argument("--merge", default=None, help="ground-truth COCO JSON to add the pseudo-labels to")
     pred.add_argument("--images", default=None, help="image root to record (default: the ground truth's)")
     pred.add_argument("--iou", type=float, default=0.5, help="a pseudo-box overlapping GT this much is dropped")
-    for parser in (voc, table):
+    gis = fmt.add_parser("gis", help="GIS labels (GeoPackage, shapefile) on a georeferenced orthomosaic")
+    gis.add_argument("src", metavar="LABELS", help="labels file: .gpkg, .shp or any vector file GDAL reads")
+    gis.add_argument("--raster", required=True, help="the georeferenced raster (GeoTIFF) the labels lie on")
+    gis.add_argument("--out", required=True, help="output COCO JSON")
+    gis.add_argument("--point-box", type=float, default=None, metavar="METRES", help="box side for point labels")
+    gis.add_argument("--label-field", default=None, help="attribute holding the category (default: species, ...)")
+    gis.add_argument("--layer", default=None, help="layer of a multi-layer file (default: the first)")
+    gis.add_argument("--images", default=None, help="image root to record (default: the raster's folder)")
+    for parser in (voc, table, gis):
         parser.add_argument("--classes", default=None, help="comma list fixing category ids 1..K in this order")
     p.set_defaults(func=_run_convert)
 
@@ -158,6 +166,20 @@ def _run_convert(args: argparse.Namespace) -> int:
 
         columns = parse_columns(args.columns)
         print(convert_csv(args.src, args.images, args.out, columns=columns, classes=classes).summary())
+    elif args.format == "gis":
+        from birddet.data.formats.gis import convert_gis
+
+        result = convert_gis(
+            args.src,
+            args.raster,
+            args.out,
+            point_box=args.point_box,
+            label_field=args.label_field,
+            layer=args.layer,
+            images=args.images,
+            classes=classes,
+        )
+        print(result.summary())
     else:
         from birddet.data.formats.predictions import convert_predictions
 

@@ -81,10 +81,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--draw-conf", type=float, default=0.3, help="lowest score drawn by --save-images (files keep all >= --conf)"
     )
     _add_tiling_flags(p, merge=True)
+    p.add_argument(
+        "--bands",
+        default=None,
+        metavar="B,B,B",
+        help="raster bands read as R,G,B (or one as grey) with --tile, e.g. 1,2,3 out of RGBN (default: the bands "
+        "tagged red/green/blue, else the first three)",
+    )
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from birddet.data.rasters import parse_bands
     from birddet.pipeline.predict import PredictOptions, run_prediction
 
     options = PredictOptions(
@@ -119,6 +127,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         event_gap=args.event_gap,
         deployment_depth=args.deployment_depth,
         deployments=args.deployments,
+        bands=parse_bands(args.bands),
     )
     summary = run_prediction(args.checkpoint, args.sources, Path(args.out), options)
     print(summary)

@@ -8,6 +8,8 @@ birds at one scale.
 The window list is computed once, in `__init__`, from the COCO file alone (image sizes and boxes; nothing is
 decoded), and it depends only on the file and `(size, overlap, min_visibility, negatives, seed)`. Item `i` is
 therefore the same window on every run, which keeps the trainer's per-sample seeding and mid-epoch resume exact.
+An image that is a raster (a GeoTIFF orthomosaic, `birddet.data.rasters.is_raster_path`) is never decoded whole:
+each item reads its window from the file, so a 2-Gpx orthomosaic trains in the memory of its windows.
 A window is a training item when at least one box is at least `min_visibility` inside it; a window that holds no
 part of any box is a negative, and a seeded `negatives` fraction of those is kept, so the detector also learns
 empty water and sand; a window that holds only slivers of birds is left out.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ import torch
 
 from birddet.data.coco import CocoDetection
 from birddet.data.images import ImageLoadError
+from birddet.data.rasters import RasterImage, is_raster_path
 from birddet.errors import InputError
 from birddet.pipeline.tiling import tile_windows
 
@@ -98,6 +102,7 @@ class TiledCocoDetection(torch.utils.data.Dataset):
             raise InputError(f"data.tile.negatives must be in [0, 1], got {negatives}")
         self.base = base
         self.min_visibility = min_visibility
+        self._rasters: dict[Path, RasterImage] = {}
         self.windows = plan_windows(base, size, overlap, min_visibility, negatives, seed)
         if not self.windows:
             raise InputError(
@@ -140,19 +145,38 @@ class TiledCocoDetection(torch.utils.data.Dataset):
                 self.base.skipped[path] = str(e)
         raise InputError(f"{self.base.ann_file}: no image in the dataset could be decoded; see the warnings above")
 
+    def _raster(self, path: Path) -> RasterImage:
+        """The open raster at `path`, kept per process (each DataLoader worker opens its own)."""
+        raster = self._rasters.get(path)
+        if raster is None:
+            raster = self._rasters[path] = RasterImage(path)
+        return raster
+
     def _load_item(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         w = self.windows[i]
         base = self.base
         image_id = base.image_ids[w.index]
         info = base.images[image_id]
-        pixels, boxes, labels = base._raw_item(w.index)  # boxes already in the decoded pixels
-        h, wd = pixels.shape[:2]
+        path = base.image_path(w.index)
+        raster = self._raster(path) if is_raster_path(path) else None
+        if raster is None:
+            pixels, boxes, labels = base._raw_item(w.index)  # boxes already in the decoded pixels
+            h, wd = pixels.shape[:2]
+        else:  # a GeoTIFF orthomosaic: only this window is read, the raster is never decoded whole
+            boxes, labels = base._targets(image_id)
+            h, wd = raster.height, raster.width
+            if (wd, h) != (info["width"], info["height"]):
+                sx, sy = wd / info["width"], h / info["height"]
+                boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
         x0, y0, x1, y1 = w.box
         if (wd, h) != (info["width"], info["height"]):  # the file disagrees with the JSON: windows are JSON pixels
             sx, sy = wd / info["width"], h / info["height"]
             x0, y0, x1, y1 = round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
         box = (x0, y0, x1, y1)
-        crop = np.ascontiguousarray(pixels[y0:y1, x0:x1])
+        if raster is None:
+            crop = np.ascontiguousarray(pixels[y0:y1, x0:x1])
+        else:
+            crop = raster.read_array(box)
         keep = visible_fraction(boxes, box) >= self.min_visibility if len(boxes) else np.zeros(0, dtype=bool)
         local = boxes[keep] - np.array([x0, y0, x0, y0], dtype=np.float32)
         local[:, 0::2] = local[:, 0::2].clip(0, x1 - x0)

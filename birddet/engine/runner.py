@@ -288,6 +288,10 @@ def evaluate_checkpoint(
             category_map=CategoryMap.from_dict(categories),
             skip_bad_images=False,
         )
+        if tile is not None:  # rasters (GeoTIFF) are read window by window, never decoded whole
+            from birddet.data.rasters import windowed_coco
+
+            dataset = windowed_coco(dataset)
         results = run_detector(
             detector,
             dataset,

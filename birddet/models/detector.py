@@ -38,7 +38,7 @@ from birddet.errors import InputError
 from birddet.models.box_loss import set_box_loss
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
-from birddet.pipeline.tiling import TileOptions, tiled_detect
+from birddet.pipeline.tiling import TileOptions, WindowSource, tiled_detect
 
 
 class ViTDetBackbone(nn.Module):
@@ -310,7 +310,10 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 def _image_tensor(image: ImageInput) -> torch.Tensor:
     """`[3, H, W]` as decoded, for tiling: uint8 for files and PIL images, a tensor as given. Windows are cut from
-    it as views and converted one batch at a time, so a huge image is never copied whole."""
+    it as views and converted one batch at a time, so a huge image is never copied whole. A `WindowSource` (a
+    raster, `birddet.data.rasters.RasterImage`) is passed on as it is: its windows are read one by one."""
+    if isinstance(image, WindowSource):
+        return image  # type: ignore[return-value]
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise InputError(f"image tensors must be [3, H, W], got {list(image.shape)}")

@@ -47,12 +47,15 @@ from birddet.data.images import (
     load_image,
     loader_slots,
 )
+from birddet.data.rasters import RasterImage, is_raster_path
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
+from birddet.extras import require
 from birddet.models.detector import BirdDetector
 from birddet.pipeline.event_writers import check_event_inputs, event_output_texts
 from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
 from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
+from birddet.pipeline.raster_runs import RasterLedger, classify_boxes
 from birddet.pipeline.results import Detection, ImageResult
 from birddet.pipeline.run_folder import _annotated_path, _claim_folder, _clear_earlier_run
 from birddet.pipeline.shards import Shard, check_resume_layout, join, leave, merge_results
@@ -90,21 +93,33 @@ def resolve_device(spec: str) -> torch.device:
 
 
 class ImageFiles(Dataset):
-    """Dataset over file paths -> ``(index, uint8 [3, H, W] tensor, None)`` or ``(index, None, failure reason)``.
+    """Dataset over file paths -> ``(index, uint8 [3, H, W] tensor, None)`` or ``(index, None, failure reason)``;
+    with ``windowed`` (tiling) a raster comes as ``(index, RasterImage, None)``, opened but not read.
 
     Decoding happens in DataLoader workers; a bad file returns its reason instead of raising, because an
     exception in a worker would end the whole run for one corrupt JPEG.
     """
 
-    def __init__(self, paths: Sequence[Path], *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        windowed: bool = False,
+        bands: Sequence[int] | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.max_pixels = max_pixels
+        self.windowed = windowed  # tiled: rasters come as RasterImages, read window by window (birddet.data.rasters)
+        self.bands = bands
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | RasterImage | None, str | None]:
         try:
+            if self.windowed and is_raster_path(self.paths[index]):
+                return index, RasterImage(self.paths[index], self.bands), None
             image = load_image(self.paths[index], max_pixels=self.max_pixels)
             return index, TF.pil_to_tensor(image), None
         except InputError as exc:
@@ -140,7 +155,9 @@ def image_loader(paths: Sequence[Path], options: PredictOptions, device: torch.d
         slots=loader_slots(workers, PREFETCH_FACTOR if workers else None),
     )
     return DataLoader(
-        ImageFiles(paths, max_pixels=min(max_pixels, budget)),  # an image over the whole budget can never fit
+        ImageFiles(  # an image over the whole budget can never fit
+            paths, max_pixels=min(max_pixels, budget), windowed=options.tile is not None, bands=options.bands
+        ),
         batch_sampler=sampler,
         num_workers=workers,
         prefetch_factor=PREFETCH_FACTOR if workers else None,
@@ -160,6 +177,7 @@ class _Run:
     classifier: SpeciesClassifier | None
     options: PredictOptions
     out_dir: Path
+    rasters: RasterLedger
 
     @property
     def taxonomy(self) -> Taxonomy | None:
@@ -224,7 +242,7 @@ def _process_batch(
         if run.classifier is not None:
             keep = [p.scores >= opts.classify_conf for p in predictions]
             boxes = [p.boxes[k] for p, k in zip(predictions, keep, strict=True)]
-            per_image = run.classifier.classify_images([img for _, img in loaded], boxes)
+            per_image = classify_boxes(run.classifier, [img for _, img in loaded], boxes)
             for n, (k, found) in enumerate(zip(keep, per_image, strict=True)):
                 it = iter(found)
                 species[n] = [next(it) if flag else None for flag in k.tolist()]
@@ -247,7 +265,9 @@ def _process_batch(
                 )
             height, width = img.shape[-2:]
             results[i] = ImageResult(src.file, str(src.path), int(width), int(height), dets)
-            if opts.save_images:
+            if isinstance(img, RasterImage):
+                run.rasters.record(str(src.path), src.file, img, save_images=opts.save_images)
+            elif opts.save_images:
                 _save_image(run, img, results[i])
     stamp_results(results.values())  # the photo's time (EXIF, else the file's), saved with the result
     return [results[i] for i, _, _ in batch]
@@ -284,6 +304,7 @@ def _settings(
         "max_dets": detector.box_cap(options.max_dets),
         # Tiling keys appear only when tiling is on, so progress files from untiled runs stay resumable.
         **(tiling.settings() if (tiling := options.tile_options()) is not None else {"tile": None}),
+        **({"bands": options.bands} if options.bands else {}),
     }
 
 
@@ -310,6 +331,8 @@ def run_prediction(
     device = resolve_device(options.device)
     listing = scan_sources(sources, exclude=[out_dir])
     items = listing.images
+    if options.tile is not None and any(is_raster_path(src.path) for src in items):
+        require("geo", "rasterio")  # a missing extra stops here, naming the install, not as one failure per raster
     if listing.skipped:
         logger.warning("%s", listing.skipped_note())
     check_event_inputs(items, options)
@@ -352,7 +375,9 @@ def _predict(
     todo = [i for i in mine if str(items[i].path) not in finished]
     skipped = len(finished)
 
-    run = _Run(detector, classifier, options, out_dir)
+    run = _Run(detector, classifier, options, out_dir, RasterLedger())
+    if options.resume:
+        run.rasters.load_earlier(out_dir)
     loader = image_loader([items[i].path for i in todo], options, device)
     pending: list[ImageResult] = []
 
@@ -376,6 +401,7 @@ def _predict(
             classifier_name=classifier_name,
             extra=events,
         )
+        written.update(run.rasters.write(out_dir, ordered, run.taxonomy))  # rasters.json, map outputs
         return written, ordered
 
     try:
@@ -415,4 +441,5 @@ def _predict(
         f"{len(results)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
         f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
         + (f"; {skipped_note}" if skipped_note else "")
+        + run.rasters.summary(results)
     )

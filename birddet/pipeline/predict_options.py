@@ -58,6 +58,9 @@ class PredictOptions:
     # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
     # quarter of the available memory, never less than one image at the per-image cap.
     decode_budget: float | None = None
+    # Raster bands (1-based) read as R,G,B, or one as grey, when tiling a GeoTIFF (birddet.data.rasters); None =
+    # the bands tagged red/green/blue, else the first three.
+    bands: list[int] | None = None
     # Events (birddet.pipeline.events): the longest gap inside one event, and how many folders name a camera.
     event_gap: float = DEFAULT_EVENT_GAP_S
     deployment_depth: int | None = None
@@ -102,6 +105,10 @@ class PredictOptions:
         if self.max_dets is not None and self.max_dets < 1:
             raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
         self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
+        if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
+            raise InputError(f"--bands {self.bands}: give three band numbers (R,G,B) or one (grey), counted from 1")
+        if self.bands is not None and self.tile is None:
+            raise InputError("--bands chooses the bands of rasters read window by window; add --tile SIZE")
         if self.resume and self.overwrite:
             raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if not self.use_classifier and (self.taxon or self.species_list):

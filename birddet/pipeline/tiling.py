@@ -8,7 +8,8 @@ sliding-window detection do. Everything here is a pure function of tensors so ea
 1. `window_starts` / `tile_windows`: windows in original pixels, edge windows shifted inward (never padded past
    the image), an image smaller than a tile is one window of its own size;
 2. `iter_window_batches`: windows cut lazily, a batch at a time, as views of the decoded image (memory stays one
-   batch of windows beside the image, however big the image is);
+   batch of windows beside the image, however big the image is), or read one by one from a `WindowSource` (a
+   raster never decoded whole, `birddet.data.rasters`), which may say a window holds no data: it is skipped;
 3. `to_image_coords`: a window's boxes plus its offset (exact: the detector already undid its own resize);
 4. `edge_cut_mask` + `drop_cut_duplicates`: a bird cut by a window's inner edge is found whole by the
    neighbouring window (the overlap guarantees it for birds smaller than the overlap), so the cut part goes;
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -32,6 +33,7 @@ from birddet.errors import InputError
 
 __all__ = [
     "TileOptions",
+    "WindowSource",
     "drop_cut_duplicates",
     "edge_cut_mask",
     "iter_window_batches",
@@ -100,6 +102,23 @@ class TileOptions:
         }
 
 
+@runtime_checkable
+class WindowSource(Protocol):
+    """An image too big to decode whole, read a window at a time (`birddet.data.rasters.RasterImage`).
+
+    `shape` is `(3, H, W)`; `read_window((x0, y0, x1, y1))` gives uint8 `[3, h, w]`, or None when the window holds
+    no data (nodata, alpha-masked: no model runs on it); `overview(longest)` the whole image shrunk to at most
+    `longest` px, for the full-image pass.
+    """
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    def read_window(self, window: Sequence[int]) -> torch.Tensor | None: ...
+
+    def overview(self, longest: int) -> torch.Tensor: ...
+
+
 # -- windows ----------------------------------------------------------------------------------------------------------
 def window_starts(length: int, size: int, overlap: float) -> list[int]:
     """Start offsets of windows of `size` covering `[0, length)` with at least `overlap * size` shared.
@@ -128,13 +147,29 @@ def tile_windows(width: int, height: int, size: int, overlap: float) -> torch.Te
 
 
 def iter_window_batches(
-    image: torch.Tensor, windows: torch.Tensor, batch_size: int
+    image: torch.Tensor | WindowSource, windows: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
     """Yield `(windows[i:i+batch_size], crops)`: each crop is a view `image[:, y0:y1, x0:x1]` (no copy).
 
     Nothing is cut before its batch is requested and the detector converts a batch's views as it runs them, so
-    peak memory is one batch of windows next to the decoded image, whatever the image's size.
+    peak memory is one batch of windows next to the decoded image, whatever the image's size. From a
+    `WindowSource` the crops are read as the batch fills, and windows without data are left out (a batch holds
+    `batch_size` windows with data, the last one fewer): memory is one batch of windows, the image is never whole.
     """
+    if not isinstance(image, torch.Tensor):
+        kept: list[torch.Tensor] = []
+        crops: list[torch.Tensor] = []
+        for window in windows:
+            crop = image.read_window(window.tolist())
+            if crop is not None:
+                kept.append(window)
+                crops.append(crop)
+            if len(crops) == batch_size:
+                yield torch.stack(kept), crops
+                kept, crops = [], []
+        if crops:
+            yield torch.stack(kept), crops
+        return
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         yield chunk, [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk.tolist()]
@@ -189,6 +224,10 @@ def match_matrix(a: torch.Tensor, b: torch.Tensor, metric: MatchMetric) -> torch
     return inter / denom.clamp(min=1e-9)
 
 
+#: Most (cut box, whole box) pairs `drop_cut_duplicates` compares at once: about 16 MB per float temporary.
+MAX_PAIRS = 1 << 22
+
+
 def drop_cut_duplicates(
     boxes: torch.Tensor,
     labels: torch.Tensor,
@@ -200,8 +239,10 @@ def drop_cut_duplicates(
 
     The cut box is part of a bird; the uncut one, from a window that holds the bird whole, contains that part, so
     their intersection over the smaller (cut) box is near 1. A cut box with no such partner is kept: it is the only
-    record of that bird (e.g. a bird bigger than the overlap). Rows are compared `chunk` at a time so thousands of
-    birds never need an N x N matrix.
+    record of that bird (e.g. a bird bigger than the overlap). Rows are compared `chunk` at a time, fewer when there
+    are many whole boxes (at most `MAX_PAIRS` pairs at once), so the tens of thousands of boxes of an orthomosaic
+    never need an N x N matrix: 1,024 rows against a 1.6-Gpx orthomosaic's boxes raised predict's peak RSS from 1.21 to
+    1.76 GB.
     """
     keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     cut_idx = torch.nonzero(cut).flatten()
@@ -209,6 +250,7 @@ def drop_cut_duplicates(
     if len(cut_idx) == 0 or len(whole_idx) == 0:
         return keep
     whole_boxes, whole_labels = boxes[whole_idx], labels[whole_idx]
+    chunk = max(1, min(chunk, MAX_PAIRS // len(whole_idx)))
     for start in range(0, len(cut_idx), chunk):
         rows = cut_idx[start : start + chunk]
         ios = match_matrix(boxes[rows], whole_boxes, "ios")
@@ -300,14 +342,15 @@ def _resize_longest(image: torch.Tensor, longest: int) -> torch.Tensor:
 
 
 def tiled_detect(
-    image: torch.Tensor,
+    image: torch.Tensor | WindowSource,
     detect: Detect,
     options: TileOptions,
     *,
     full_image_size: int,
     max_dets: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Detect in one image `[3, H, W]` (uint8, or float in [0, 1]) window by window; boxes in the image's pixels.
+    """Detect in one image `[3, H, W]` (uint8, or float in [0, 1], or a `WindowSource`) window by window; boxes in
+    the image's pixels.
 
     `detect(crops)` is the detector on a list of `[3, h, w]` crops (uint8 or float views of `image`), returning
     torchvision's per-image dicts with `boxes` in each crop's pixels, `scores` and `labels`. Windows go through `detect` `options.batch_size` at a
@@ -327,7 +370,11 @@ def tiled_detect(
             labels.append(out["labels"].cpu())
             cut.append(edge_cut_mask(b, window, (width, height), margin))
     if options.full_image and len(windows) > 1:
-        small = _resize_longest(image, full_image_size)
+        small = (
+            _resize_longest(image, full_image_size)
+            if isinstance(image, torch.Tensor)
+            else image.overview(full_image_size)
+        )
         out = detect([small])[0]
         sx, sy = width / small.shape[-1], height / small.shape[-2]
         b = out["boxes"].float().cpu() * torch.tensor([sx, sy, sx, sy])
@@ -335,6 +382,8 @@ def tiled_detect(
         scores.append(out["scores"].float().cpu())
         labels.append(out["labels"].cpu())
         cut.append(torch.zeros(len(b), dtype=torch.bool))
+    if not boxes:  # every window of a WindowSource was empty, and no full-image pass
+        return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)
     all_labels, all_cut = torch.cat(labels), torch.cat(cut)
     keep = drop_cut_duplicates(all_boxes, all_labels, all_cut, options.match_threshold)
