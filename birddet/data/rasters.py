@@ -52,8 +52,15 @@ __all__ = [
     "windowed_coco",
 ]
 
-#: Files read window by window when tiling: GeoTIFF and the raster formats GDAL reads that photos never use.
+#: Files that may be read window by window when tiling: GeoTIFF and the raster formats GDAL reads that photos never
+#: use. A TIFF is a raster only when it looks like one (`is_raster_path`); a TIFF photo stays a photo.
 RASTER_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2"})
+_TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+#: TIFF tags that mark a GeoTIFF (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory) and tiling.
+_GEOTIFF_TAGS = (33550, 33922, 34264, 34735)
+_TILE_WIDTH_TAG = 322
+#: A TIFF over this many pixels is read by window whatever it is: decoding it whole is what windows avoid.
+_PHOTO_MAX_PIXELS = 150_000_000
 #: GDAL's block cache, in MB. Its default (5 % of the RAM) would let the cache alone grow past a 3 GB budget on a
 #: big machine; windows are read once each, so a small cache costs nothing.
 GDAL_CACHE_MB = 256
@@ -63,8 +70,29 @@ PERCENTILES = (2.0, 98.0)
 
 
 def is_raster_path(path: str | os.PathLike[str]) -> bool:
-    """Whether tiled prediction, eval and training read `path` window by window (by its suffix)."""
-    return Path(path).suffix.lower() in RASTER_SUFFIXES
+    """Whether tiled prediction, eval and training read `path` window by window through GDAL.
+
+    `.vrt`, `.img` and `.jp2` always are. A `.tif`/`.tiff` is when it looks like a raster rather than a photo: it
+    has GeoTIFF tags, is tiled internally (as orthomosaics and GIS exports are; cameras write strips), is not 8-bit
+    RGB(A)/grey, holds more than 150 Mpx, or Pillow cannot read its header. A TIFF photo (8-bit, striped, no map
+    tags) stays a photo, decoded whole with its EXIF orientation applied like a JPEG; rasters are north-up by their
+    transform and have no orientation to apply. Only the header is read (Pillow parses TIFF tags lazily).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in RASTER_SUFFIXES:
+        return False
+    if suffix not in _TIFF_SUFFIXES:
+        return True
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            tags = getattr(img, "tag_v2", {})
+            if any(t in tags for t in _GEOTIFF_TAGS) or _TILE_WIDTH_TAG in tags:
+                return True
+            return img.mode not in ("RGB", "RGBA", "L", "P", "CMYK") or img.width * img.height > _PHOTO_MAX_PIXELS
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return True  # let GDAL read it, or say why it cannot
 
 
 def parse_bands(text: str | None) -> list[int] | None:
