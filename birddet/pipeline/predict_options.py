@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from birddet.errors import InputError
 from birddet.pipeline.tiling import TileOptions
+from birddet.pipeline.video import Sampling
 from birddet.pipeline.writers import OUTPUT_NAMES
 
 __all__ = ["PredictOptions"]
@@ -54,6 +55,11 @@ class PredictOptions:
     # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
     # quarter of the available memory, never less than one image at the per-image cap.
     decode_budget: float | None = None
+    # Video clips (birddet.pipeline.video): frames a second looked at, or every N-th frame when set (wins over fps).
+    video_fps: float = 1.0
+    every_n_frames: int | None = None
+    # An annotated MP4 of each clip's sampled frames in OUT/videos/.
+    save_video: bool = False
 
     def tile_options(self) -> TileOptions | None:
         """The tiling settings as `TileOptions` (validated), or None for an untiled run."""
@@ -68,6 +74,10 @@ class PredictOptions:
             match_threshold=self.merge_threshold,
             batch_size=self.batch_size,
         )
+
+    def sampling(self) -> Sampling:
+        """The frames of a clip that are looked at (validated)."""
+        return Sampling(fps=self.video_fps, every_n_frames=self.every_n_frames)
 
     def validate(self) -> None:
         """Reject impossible values before any model is loaded, so a typo costs nothing."""
@@ -84,6 +94,7 @@ class PredictOptions:
         if self.max_dets is not None and self.max_dets < 1:
             raise InputError(f"--max-dets must be at least 1, got {self.max_dets}")
         self.tile_options()  # raises InputError naming the bad --tile/--tile-overlap/--merge value
+        self.sampling()  # raises InputError naming the bad --video-fps/--every-n-frames value
         if self.resume and self.overwrite:
             raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if not self.use_classifier and (self.taxon or self.species_list):
