@@ -25,6 +25,7 @@ from test_predict import CATEGORIES, _tiny_config
 from birddet.cli import main
 from birddet.config import config_from_dict
 from birddet.engine.checkpoint import save_checkpoint
+from birddet.errors import InputError
 from birddet.models.detector import BirdDetector, Prediction, build_detector
 from birddet.pipeline.video import Sampling, read_frames
 
@@ -165,7 +166,24 @@ def _sampled(path: Path, sampling: Sampling) -> list[tuple[int, float]]:
 def test_frames_sampled_for_fps_and_every_n(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "c.mp4", n=40, fps=10)
     assert _sampled(clip, Sampling(fps=1.0)) == [(0, 0.0), (10, 1.0), (20, 2.0), (30, 3.0)]
-    assert [i for i, _ in _sampled(clip, Sampling(fps=4.0))] == [0, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28, 30, 33, 35, 38]
+    assert [i for i, _ in _sampled(clip, Sampling(fps=4.0))] == [
+        0,
+        3,
+        5,
+        8,
+        10,
+        13,
+        15,
+        18,
+        20,
+        23,
+        25,
+        28,
+        30,
+        33,
+        35,
+        38,
+    ]
     assert [i for i, _ in _sampled(clip, Sampling(fps=50.0))] == list(range(40))  # never more than the clip has
     assert _sampled(clip, Sampling(every_n_frames=15)) == [(0, 0.0), (15, 1.5), (30, 3.0)]
 
@@ -238,3 +256,142 @@ def test_mixed_folder_gives_md_video_entries_and_one_row_per_sampled_frame(
     assert counts == {n: with_birds.get(n, 0) for n in feeder["frames_processed"]}
     assert {r["time_s"] for r in feeder_rows if r["frame"] == "25"} == {"2.5"}
     assert [(r["frame"], r["time_s"]) for r in rows if r["file"] == "photo.jpg"] == [("", "")]
+
+
+def test_rotated_phone_clip_is_read_upright(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = red_square_detector(monkeypatch)
+    # Stored landscape 160x96 with a bird at the top-left; the display matrix turns it 90 degrees clockwise (-90
+    # counter-clockwise, what a phone held upright writes): shown portrait 96x160, the bird at the top-right
+    # (stored rows 10-22 become columns 73-85 counted from the left; turned the other way it would be bottom-left).
+    clip = write_clip(tmp_path / "phone.mov", n=3, birds=lambda i: [(0, 0)], rotation=-90)
+    out = tmp_path / "out"
+    _predict(ckpt, [clip], out, "--every-n-frames", "1")
+    assert set(seen) == {(H, W)}
+    md, coco, _ = _outputs(out)
+    assert {(i["width"], i["height"]) for i in coco["images"]} == {(H, W)}
+    for det in md["images"][0]["detections"]:
+        x, y, w, h = det["bbox"]
+        top = (H // BANDS - BIRD) // 2
+        assert x + w == pytest.approx((H - top) / H, abs=0.02) and y == pytest.approx(0.0, abs=0.02)
+        assert w == pytest.approx(BIRD / H, abs=0.03) and h == pytest.approx(BIRD / W, abs=0.03)
+    assert len(md["images"][0]["detections"]) == 3
+
+
+def test_truncated_empty_and_audio_only_clips_are_recorded_not_crashes(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    red_square_detector(monkeypatch)
+    media = tmp_path / "media"
+    media.mkdir()
+    whole = write_clip(tmp_path / "whole.mp4", faststart=True).read_bytes()
+    (media / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # index first, then half of the frames
+    (media / "empty.mp4").write_bytes(b"")
+    write_audio_only(media / "song.mp4")
+    Image.fromarray(draw_frame(12, standard_birds)).save(media / "photo.jpg")
+    out = tmp_path / "out"
+    _predict(ckpt, [media], out, "--every-n-frames", "5")
+    summary = capsys.readouterr().out
+    assert "stopped early" in summary and "cut.mp4" in summary
+
+    megadetector_validate(out / "megadetector.json")
+    md, coco, rows = _outputs(out)
+    entries = {e["file"]: e for e in md["images"]}
+    cut = entries["cut.mp4"]
+    # Frames decoded before the cut keep their detections; MegaDetector's "failure" would mean "no results".
+    assert "failure" not in cut and cut["frames_processed"] and cut["frames_processed"][-1] < 35
+    assert cut["frames_processed"] == [n for n in range(0, 40, 5)][: len(cut["frames_processed"])]
+    assert {d["frame_number"] for d in cut["detections"]} == {n for n in cut["frames_processed"] if standard_birds(n)}
+    for name, why in (("empty.mp4", "empty"), ("song.mp4", "no video stream")):
+        entry = entries[name]
+        assert why in entry["failure"] and entry["detections"] is None
+        assert entry["frame_rate"] == -1.0 and entry["frames_processed"] == []
+
+    # COCO keeps the cut clip's frames and says why the rest is missing; the failed clips have no image.
+    cut_images = [i for i in coco["images"] if i["file_name"] == "cut.mp4"]
+    assert [i["frame"] for i in cut_images] == cut["frames_processed"]
+    assert all("truncated" in i["video_error"] for i in cut_images)
+    assert not any(i["file_name"] in ("empty.mp4", "song.mp4") for i in coco["images"])
+    # CSV: the cut clip's frame rows, then one row saying what was lost; one failure row per failed clip.
+    cut_rows = [r for r in rows if r["file"] == "cut.mp4"]
+    assert [r["frame"] for r in cut_rows if r["failure"]] == [""]
+    assert cut_rows[-1]["failure"].startswith("the clip ends after") and "kept" in cut_rows[-1]["failure"]
+    assert all(r["frame"] for r in cut_rows[:-1])
+    assert [r["failure"] != "" for r in rows if r["file"] in ("empty.mp4", "song.mp4")] == [True, True]
+
+
+def test_resume_skips_finished_clips_and_retries_one_cut_short(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = red_square_detector(monkeypatch)
+    media = tmp_path / "media"
+    media.mkdir()
+    write_clip(media / "a.mp4")
+    write_clip(media / "b.avi", n=20)
+    whole = write_clip(tmp_path / "whole.mp4", faststart=True).read_bytes()
+    (media / "c.mp4").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    _predict(ckpt, [media], out, "--every-n-frames", "10")
+    first = _outputs(out)[0]
+    cut = {e["file"]: e for e in first["images"]}["c.mp4"]["frames_processed"]
+    assert 0 < len(cut) < 4
+    assert len(seen) == 4 + 2 + len(cut)  # a: 0, 10, 20, 30; b: 0, 10; c: what was there before the cut
+
+    (media / "c.mp4").write_bytes(whole)  # the copy has finished since
+    seen.clear()
+    _predict(ckpt, [media], out, "--every-n-frames", "10", "--resume")
+    assert len(seen) == 4  # only c, now whole: the finished clips are skipped
+    md = _outputs(out)[0]
+    entries = {e["file"]: e for e in md["images"]}
+    assert entries["c.mp4"]["frames_processed"] == [0, 10, 20, 30]
+    assert entries["a.mp4"] == {e["file"]: e for e in first["images"]}["a.mp4"]
+
+    # Other sampling gives other frames: a resume with it is refused rather than mixing them.
+    argv = ["predict", str(ckpt), str(media), "--out", str(out), "--no-classifier", "--device", "cpu", "--resume"]
+    assert main([*argv, "--video-fps", "2"]) == 2
+
+
+def test_save_video_writes_the_sampled_frames_at_their_times(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    red_square_detector(monkeypatch)
+    media = tmp_path / "media"
+    media.mkdir()
+    write_clip(media / "feeder.mp4")
+    (media / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    _predict(ckpt, [media], out, "--video-fps", "2", "--save-video")
+    target = out / "videos" / "feeder.annotated.mp4"
+    with av.open(str(target)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 8  # 4 s at 2 frames a second
+    assert [round(f.time, 2) for f in frames] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+    assert (frames[0].width, frames[0].height) == (W, H)
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["feeder.annotated.mp4"]  # none for a failed clip
+
+
+def test_tiling_runs_on_frames(ckpt: Path, tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "feeder.mp4", n=12)
+    out = tmp_path / "out"
+    _predict(ckpt, [clip], out, "--every-n-frames", "6", "--tile", "64", "--conf", "0.0")
+    md = _outputs(out)[0]
+    entry = md["images"][0]
+    assert entry["frames_processed"] == [0, 6]
+    assert {d["frame_number"] for d in entry["detections"]} <= {0, 6}
+    settings = json.loads((out / "progress.jsonl").read_text().splitlines()[0])["settings"]
+    assert settings["tile"] == 64 and settings["every_n_frames"] == 6
+
+
+def test_missing_pyav_stops_before_the_run_naming_the_extra(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import birddet.extras
+
+    def missing(extra: str, module: str) -> object:
+        raise InputError(f"needs pip install 'birddet[{extra}]'")
+
+    monkeypatch.setattr(birddet.extras, "require", missing)
+    clip = write_clip(tmp_path / "feeder.mp4", n=2)
+    argv = ["predict", str(ckpt), str(clip), "--out", str(tmp_path / "out"), "--no-classifier", "--device", "cpu"]
+    assert main(argv) == 2
+    assert "birddet[video]" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "progress.jsonl").exists()

@@ -58,7 +58,7 @@ from birddet.pipeline.shards import Shard, check_resume_layout, join, leave, mer
 from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
-from birddet.pipeline.video import clips_summary, is_video, predict_clip
+from birddet.pipeline.video import clips_summary, is_video, predict_clip, require_av
 from birddet.pipeline.video_writers import annotated_video, annotated_video_path
 from birddet.pipeline.visualize import save_annotated
 from birddet.pipeline.writers import write_outputs
@@ -338,6 +338,8 @@ def run_prediction(
     items = listing.images
     if listing.skipped:
         logger.warning("%s", listing.skipped_note())
+    if any(is_video(src.path) for src in items):
+        require_av()  # a missing optional extra stops here, naming its install, not clip by clip
     shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
     lock = _claim_folder(out_dir, items, options, shard)
     try:

@@ -36,7 +36,16 @@ import torch
 from birddet.errors import InputError
 from birddet.pipeline.results import Detection, ImageResult, VideoInfo
 
-__all__ = ["VIDEO_EXTENSIONS", "Frame", "Sampling", "clips_summary", "is_video", "predict_clip", "read_frames"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "Frame",
+    "Sampling",
+    "clips_summary",
+    "is_video",
+    "predict_clip",
+    "read_frames",
+    "require_av",
+]
 
 # What birddet reads as video, any case. MegaDetector's own list (`video_utils.VIDEO_EXTENSIONS`) lacks .m4v and
 # .webm; its tools treat entries of those as images, which the video fields do not disturb.
@@ -108,7 +117,7 @@ def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
 
 def _open(path: Path) -> tuple[Any, Any]:
     """The PyAV container and its first video stream; InputError when neither can be had."""
-    av = _av()
+    av = require_av()
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -121,7 +130,9 @@ def _open(path: Path) -> tuple[Any, Any]:
     return container, container.streams.video[0]
 
 
-def _av() -> Any:
+def require_av() -> Any:
+    """PyAV, or an InputError naming ``pip install 'birddet[video]'``; predict calls it before a run with clips, so
+    a missing extra stops the run at once instead of failing every clip."""
     from birddet.extras import require  # late: only a run that meets a clip needs the optional extra
 
     return require("video", "av")
@@ -134,7 +145,7 @@ def read_frames(path: Path, sampling: Sampling, *, max_pixels: int) -> tuple[Cli
     ``max_pixels``. An error while decoding ends the iterator and is kept in ``ClipReading.error``, as is a clip
     that ends before the number of frames its header declares (a copy cut short: FFmpeg stops without an error).
     """
-    av = _av()
+    av = require_av()
     container, stream = _open(path)
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > max_pixels:
