@@ -17,7 +17,7 @@ from typing import Any
 from birddet.errors import InputError
 from birddet.pipeline.taxonomy import Rollup
 
-__all__ = ["Classification", "Detection", "ImageResult", "VideoInfo"]
+__all__ = ["Classification", "Detection", "ImageEvent", "ImageResult", "VideoInfo"]
 
 
 @dataclass
@@ -138,14 +138,30 @@ class VideoInfo:
         )
 
 
+@dataclass(frozen=True)
+class ImageEvent:
+    """Where an image stands among the others of its run: its deployment (camera), its event and the event's
+    species (``"; "``-joined when the event holds several detector categories, empty when it holds no detection).
+
+    Built from the whole run at write time (`birddet.pipeline.events`), so it is never saved in progress files.
+    """
+
+    deployment: str
+    event_id: str
+    species: str
+
+
 @dataclass
 class ImageResult:
     """Everything predicted for one image, or why it failed.
 
     ``file`` is the path relative to its source root with ``/`` separators (what output files show);
     ``path`` the absolute path (what the annotated-image writer and resume logic use). ``width``/``height``
-    are the displayed size and may be None only for failures. ``video`` is set for a video clip (None for a photo):
-    then ``detections`` hold the boxes of every sampled frame, each with its ``frame``.
+    are the displayed size and may be None only for failures. ``datetime`` is when the photo was taken (ISO 8601,
+    `birddet.pipeline.timestamps`) and ``timestamp_source`` where that came from (``exif`` or ``mtime``); both None
+    when the file could not be found. ``event`` is set by the writers' caller from the whole run, never saved.
+    ``video`` is set for a video clip (None for a photo): then ``detections`` hold the boxes of every sampled frame,
+    each with its ``frame``.
     """
 
     file: str
@@ -154,6 +170,9 @@ class ImageResult:
     height: int | None
     detections: list[Detection] = field(default_factory=list)
     failure: str | None = None
+    datetime: str | None = None
+    timestamp_source: str | None = None
+    event: ImageEvent | None = None
     video: VideoInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +184,8 @@ class ImageResult:
             "height": self.height,
             "detections": [d.to_dict() for d in self.detections],
             "failure": self.failure,
+            "datetime": self.datetime,
+            "timestamp_source": self.timestamp_source,
             **({} if self.video is None else {"video": self.video.to_dict()}),
         }
 
@@ -179,6 +200,9 @@ class ImageResult:
                 height=None if data.get("height") is None else int(data["height"]),
                 detections=[Detection.from_dict(d) for d in data.get("detections") or []],
                 failure=None if data.get("failure") is None else str(data["failure"]),
+                # Progress files written before times were recorded have none: the run reads them again.
+                datetime=None if data.get("datetime") is None else str(data["datetime"]),
+                timestamp_source=None if data.get("timestamp_source") is None else str(data["timestamp_source"]),
                 video=None if data.get("video") is None else VideoInfo.from_dict(data["video"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
