@@ -70,10 +70,14 @@ def write_clip(
     times_s: list[float] | None = None,
     codec: str = "mpeg4",
     faststart: bool = False,
+    created: str | None = None,
 ) -> Path:
-    """A clip of ``n`` frames; ``times_s`` gives each frame's own timestamp (a variable frame rate)."""
+    """A clip of ``n`` frames; ``times_s`` gives each frame's own timestamp (a variable frame rate), ``created`` the
+    container's creation time."""
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as c:
+        if created is not None:
+            c.metadata["creation_time"] = created
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
         s.bit_rate = 2_000_000
@@ -395,3 +399,31 @@ def test_missing_pyav_stops_before_the_run_naming_the_extra(
     assert main(argv) == 2
     assert "birddet[video]" in capsys.readouterr().err
     assert not (tmp_path / "out" / "progress.jsonl").exists()
+
+
+def test_a_clip_is_one_event_with_maxn_and_first_and_last_seen(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    red_square_detector(monkeypatch)
+    cam = tmp_path / "media" / "cam1"
+    cam.mkdir(parents=True)
+    write_clip(cam / "feeder.mp4", created="2024-05-01T06:12:03.000000Z")
+    write_clip(cam / "quiet.mov", n=10, birds=lambda i: [])
+    out = tmp_path / "out"
+    _predict(ckpt, [tmp_path / "media"], out, "--every-n-frames", "1")
+    with open(out / "events.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["event_id"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"cam1/feeder.mp4", "cam1/quiet.mov"}
+    feeder = rows["cam1/feeder.mp4"]
+    # 31 boxes in 20 frames, but never more than 3 birds at once: MaxN is 3, not a sum over frames.
+    assert feeder["max_count"] == "3" and feeder["species"] == "songbird" and feeder["category"] == "songbird"
+    assert (feeder["first_seen_s"], feeder["last_seen_s"]) == ("1.0", "2.9")
+    assert feeder["start"] == "2024-05-01T06:12:03+00:00" and feeder["end"] == "2024-05-01T06:12:06.900000+00:00"
+    assert (feeder["n_images"], feeder["first_image"], feeder["last_image"]) == (
+        "40",
+        "cam1/feeder.mp4#0",
+        "cam1/feeder.mp4#39",
+    )
+    quiet = rows["cam1/quiet.mov"]
+    assert (quiet["max_count"], quiet["species"], quiet["first_seen_s"]) == ("0", "", "")
+    assert sum(1 for d in json.loads((out / "megadetector.json").read_text())["images"][0]["detections"]) == 31

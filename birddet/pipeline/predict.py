@@ -50,6 +50,7 @@ from birddet.data.images import (
 from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
 from birddet.models.detector import BirdDetector
+from birddet.pipeline.events import EventOptions
 from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
 from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
 from birddet.pipeline.results import Detection, ImageResult
@@ -59,6 +60,7 @@ from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
 from birddet.pipeline.video import clips_summary, is_video, predict_clip, require_av
+from birddet.pipeline.video_events import write_clip_events
 from birddet.pipeline.video_writers import annotated_video, annotated_video_path
 from birddet.pipeline.visualize import save_annotated
 from birddet.pipeline.writers import write_outputs
@@ -384,6 +386,7 @@ def _predict(
     skipped = len(finished)
 
     run = _Run(detector, classifier, options, out_dir)
+    clip_event_options = EventOptions(classify_conf=options.classify_conf, rollup_threshold=options.rollup_threshold)
     loader = image_loader([items[i].path for i in photos], options, device)
     pending: list[ImageResult] = []
 
@@ -401,6 +404,7 @@ def _predict(
             detector_name=checkpoint.name,
             classifier_name=None if classifier is None else classifier.name,
         )
+        written.update(write_clip_events(out_dir, ordered, run.taxonomy, clip_event_options))  # a clip is an event
         return written, ordered
 
     try:

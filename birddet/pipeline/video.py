@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ class ClipReading:
 
     frame_rate: float
     declared_frames: int
+    created: str | None = None  # the container's creation time (ISO 8601) when the camera wrote a valid one
     error: str | None = None
 
 
@@ -113,6 +115,16 @@ def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     """``rgb`` [H, W, 3] turned by the display matrix's counter-clockwise ``rotation`` (a multiple of 90)."""
     turns = round(rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
+def _creation_time(text: str | None) -> str | None:
+    """MP4/MOV ``creation_time`` (``2024-05-01T06:12:03.000000Z``, UTC) as ISO 8601; None when absent or unset
+    (cameras without a clock write 1904-01-01 or 1970-01-01, the epochs of the two formats)."""
+    try:
+        when = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return None if when is None or when.year < 1990 else when.isoformat()
 
 
 def _open(path: Path) -> tuple[Any, Any]:
@@ -152,7 +164,11 @@ def read_frames(path: Path, sampling: Sampling, *, max_pixels: int) -> tuple[Cli
         container.close()
         raise InputError(f"video {path} is {width}x{height}, over the {max_pixels / 1e6:.0f} Mpx limit per frame")
     rate = stream.average_rate or stream.guessed_rate
-    reading = ClipReading(frame_rate=float(rate) if rate else -1.0, declared_frames=int(stream.frames or 0))
+    reading = ClipReading(
+        frame_rate=float(rate) if rate else -1.0,
+        declared_frames=int(stream.frames or 0),
+        created=_creation_time(container.metadata.get("creation_time") or stream.metadata.get("creation_time")),
+    )
     stream.thread_type = "AUTO"  # FFmpeg's frame + slice threads: decoding is the cost of a sampled run
 
     def frames() -> Iterator[Frame]:
@@ -241,7 +257,10 @@ def predict_clip(
     if size is None:
         why = reading.error or "the clip has no frames"
         return ImageResult(file, str(path), None, None, failure=f"video {path}: no frame decoded: {why}", video=info)
-    return ImageResult(file, str(path), size[0], size[1], detections, video=info)
+    result = ImageResult(file, str(path), size[0], size[1], detections, video=info)
+    if reading.created is not None:  # else the file's time, as for a photo without EXIF (events fill it in)
+        result.datetime, result.timestamp_source = reading.created, "metadata"
+    return result
 
 
 def clips_summary(results: Sequence[ImageResult]) -> str:
