@@ -448,7 +448,8 @@ def _predict(
     if not written:  # a rank other than 0: its shard only; rank 0 reports the merged run
         return f"rank {shard.rank} of {shard.world_size}: {len(results)} images{resumed}, {failed} failed{rate}"
     return (
-        f"{len(results)} images{resumed}{clips_summary(results)}, {failed} failed, {n_det} detections, "
+        f"{sum(r.video is None for r in results)} images{clips_summary(results)}{resumed}, {failed} failed, "
+        f"{n_det} detections, "
         f"{n_cls} classified; "
         f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
         + (f"; {skipped_note}" if skipped_note else "")

@@ -264,13 +264,13 @@ def predict_clip(
 
 
 def clips_summary(results: Sequence[ImageResult]) -> str:
-    """The run summary's words on clips: ``" (2 video clips, 61 frames sampled; 1 clip stopped early: a.mp4)"``;
-    empty without clips."""
+    """The run summary's words on clips, after the number of photos: ``" and 2 video clip(s) (61 frames sampled; 1
+    stopped early, frames before kept: a.mp4)"``; empty without clips."""
     clips = [r for r in results if r.video is not None]
     if not clips:
         return ""
     frames = sum(len(r.video.frames) for r in clips if r.video is not None)
     early = [r.file for r in clips if r.failure is None and r.video is not None and r.video.error is not None]
-    note = f"; {len(early)} stopped early, frames before kept: {', '.join(early[:3])}" if early else ""
     more = f" and {len(early) - 3} more" if len(early) > 3 else ""
-    return f" (of them {len(clips)} video clip(s), {frames} frames sampled{note}{more})"
+    note = f"; {len(early)} stopped early, frames before kept: {', '.join(early[:3])}{more}" if early else ""
+    return f" and {len(clips)} video clip(s) ({frames} frames sampled{note})"
