@@ -427,3 +427,44 @@ def test_a_clip_is_one_event_with_maxn_and_first_and_last_seen(
     quiet = rows["cam1/quiet.mov"]
     assert (quiet["max_count"], quiet["species"], quiet["first_seen_s"]) == ("0", "", "")
     assert sum(1 for d in json.loads((out / "megadetector.json").read_text())["images"][0]["detections"]) == 31
+
+
+def test_torchrun_splits_the_work_by_clip_and_writes_what_one_process_writes(tmp_path: Path) -> None:
+    from test_predict_shards import _outputs as shard_outputs
+    from test_predict_shards import _torchrun
+    from test_species import write_tiny_classifier
+
+    from birddet.pipeline.predict import PredictOptions, run_prediction
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for k in range(3):
+        write_clip(media / f"clip{k}.mp4", n=12 + 4 * k)
+    Image.fromarray(draw_frame(12, standard_birds)).save(media / "photo.jpg")
+    torch.manual_seed(0)
+    assets = {
+        "images": media,
+        "classifier": write_tiny_classifier(tmp_path / "species.pt"),
+        "ckpt": save_checkpoint(tmp_path / "plain.pt", build_detector(config_from_dict(_tiny_config()), CATEGORIES)),
+    }
+    one = tmp_path / "one"
+    options = PredictOptions(
+        conf=0.0,
+        classify_conf=0.0,
+        top_k=2,
+        classifier=str(assets["classifier"]),
+        batch_size=1,
+        workers=0,
+        device="cpu",
+    )
+    run_prediction(assets["ckpt"], [media], one, options)
+    two = tmp_path / "two"
+    _torchrun(assets, two)
+    assert shard_outputs(two) == shard_outputs(one)
+    assert (two / "events.csv").read_text() == (one / "events.csv").read_text()
+    # Strided by source: rank 0 has clip0 and clip2, rank 1 clip1 and the photo, each clip whole in one file.
+    for rank, files in ((0, ["clip0.mp4", "clip2.mp4"]), (1, ["clip1.mp4", "photo.jpg"])):
+        lines = (two / f"progress.rank{rank}-of-2.jsonl").read_text().splitlines()[1:]
+        entries = [json.loads(line) for line in lines]
+        assert sorted(e["file"] for e in entries) == files
+        assert [e["video"]["frames"] for e in entries if "video" in e] == [[0, 10]] * (2 if rank == 0 else 1)
