@@ -468,3 +468,18 @@ def test_torchrun_splits_the_work_by_clip_and_writes_what_one_process_writes(tmp
         entries = [json.loads(line) for line in lines]
         assert sorted(e["file"] for e in entries) == files
         assert [e["video"]["frames"] for e in entries if "video" in e] == [[0, 10]] * (2 if rank == 0 else 1)
+
+
+def test_overwrite_removes_the_events_of_an_earlier_run_with_clips(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    red_square_detector(monkeypatch)
+    clip = write_clip(tmp_path / "feeder.mp4", n=10)
+    photo = tmp_path / "photos" / "a.jpg"
+    photo.parent.mkdir()
+    Image.fromarray(draw_frame(12, standard_birds)).save(photo)
+    out = tmp_path / "out"
+    _predict(ckpt, [clip], out)
+    assert (out / "events.csv").is_file()
+    _predict(ckpt, [photo.parent], out, "--overwrite")
+    assert not (out / "events.csv").exists()  # its clip is not part of this run

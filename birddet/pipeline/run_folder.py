@@ -27,6 +27,7 @@ from birddet.pipeline.predict_options import PredictOptions
 from birddet.pipeline.progress import PROGRESS_NAME
 from birddet.pipeline.shards import Shard
 from birddet.pipeline.sources import SourceImage
+from birddet.pipeline.video_events import EVENTS_NAME
 from birddet.pipeline.writers import MANIFEST_NAME, OUTPUT_NAMES, check_outputs
 from birddet.runlock import LOCK_NAME, RunLock
 
@@ -49,7 +50,7 @@ def _progress_files(out_dir: Path) -> list[Path]:
 
 def _run_files(out_dir: Path) -> list[Path]:
     """The files of an earlier run in ``out_dir`` (progress, outputs, manifest) that exist."""
-    names = (*OUTPUT_NAMES.values(), MANIFEST_NAME)
+    names = (*OUTPUT_NAMES.values(), MANIFEST_NAME, EVENTS_NAME)  # events.csv: a run with video clips
     return [p for p in (*_progress_files(out_dir), *(out_dir / n for n in names)) if p.exists()]
 
 
