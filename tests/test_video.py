@@ -373,10 +373,19 @@ def test_save_video_writes_the_sampled_frames_at_their_times(
     assert sorted(p.name for p in (out / "videos").iterdir()) == ["feeder.annotated.mp4"]  # none for a failed clip
 
 
-def test_tiling_runs_on_frames(ckpt: Path, tmp_path: Path) -> None:
+def test_tiling_runs_on_frames(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles: list[object] = []
+    real = BirdDetector.predict
+
+    def spy(self: BirdDetector, images: list[torch.Tensor], **kwargs: object) -> list[Prediction]:
+        tiles.append(kwargs.get("tile"))
+        return real(self, images, **kwargs)
+
+    monkeypatch.setattr(BirdDetector, "predict", spy)
     clip = write_clip(tmp_path / "feeder.mp4", n=12)
     out = tmp_path / "out"
     _predict(ckpt, [clip], out, "--every-n-frames", "6", "--tile", "64", "--conf", "0.0")
+    assert tiles and all(getattr(t, "size", None) == 64 for t in tiles)  # the frames went through the tiled path
     md = _outputs(out)[0]
     entry = md["images"][0]
     assert entry["frames_processed"] == [0, 6]
