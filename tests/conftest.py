@@ -38,6 +38,11 @@ def require_tool(available: bool, what: str, install: str) -> None:
 
 def megadetector_validate(path: Path) -> dict:
     """Run MegaDetector's own `validate_batch_results` on a file; returns its result dict, or fails the test."""
+    from PIL import ImageFile
+
+    # Importing MegaDetector sets Pillow's global LOAD_TRUNCATED_IMAGES, which would make truncated photos load
+    # in every later test of the session; put it back.
+    truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         from megadetector.postprocessing.validate_batch_results import (
             ValidateBatchResultsOptions,
@@ -46,6 +51,8 @@ def megadetector_validate(path: Path) -> dict:
     except ImportError:
         require_tool(False, "MegaDetector's validator", "pip install --no-deps megadetector==10.0.28")
         raise
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated
     options = ValidateBatchResultsOptions()
     options.raise_errors = True
     options.check_image_existence = False

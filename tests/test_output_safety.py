@@ -132,7 +132,7 @@ def test_unsupported_photo_types_are_counted_and_named_in_the_summary(
     fake_boxes(monkeypatch)
     photos = tmp_path / "photos"
     make_photos(photos)
-    for name in ("b.gif", "c.heic", "sub/d.HEIC", "clip.mp4"):
+    for name in ("b.gif", "c.heic", "sub/d.HEIC", "clip.wmv"):
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         (photos / name).write_bytes(b"not read")
     (photos / "notes.txt").write_text("field notes are not photos")
@@ -140,7 +140,7 @@ def test_unsupported_photo_types_are_counted_and_named_in_the_summary(
     assert main(["predict", str(tiny_ckpt), str(photos), "--out", str(out), *FAST]) == 0
     summary = capsys.readouterr().out
     assert "2 images" in summary
-    assert "4 file(s) of unsupported types skipped (b.gif, c.heic, clip.mp4 and 1 more" in summary
+    assert "4 file(s) of unsupported types skipped (b.gif, c.heic, clip.wmv and 1 more" in summary
     assert "notes.txt" not in summary
 
     # A folder holding nothing readable says what it did find.

@@ -15,7 +15,9 @@ from birddet.cli.common import _add_tiling_flags
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect birds and name their species")
     p.add_argument("checkpoint", help="detector checkpoint")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (recursive) or .txt lists")
+    p.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="image or video files, folders (recursive) or .txt lists"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--conf", type=float, default=0.1, help="lowest detection score written")
     p.add_argument("--classifier", default=None, help="birder classifier file or registered name")
@@ -80,6 +82,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draw-conf", type=float, default=0.3, help="lowest score drawn by --save-images (files keep all >= --conf)"
     )
+    video = p.add_mutually_exclusive_group()
+    video.add_argument("--video-fps", type=float, default=1.0, help="video clips: frames a second looked at")
+    video.add_argument("--every-n-frames", type=int, default=None, metavar="N", help="video clips: every N-th frame")
+    p.add_argument(
+        "--save-video", action="store_true", help="write annotated clips of the sampled frames to OUT/videos/"
+    )
     _add_tiling_flags(p, merge=True)
     p.add_argument(
         "--bands",
@@ -128,6 +136,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         deployment_depth=args.deployment_depth,
         deployments=args.deployments,
         bands=parse_bands(args.bands),
+        video_fps=args.video_fps,
+        every_n_frames=args.every_n_frames,
+        save_video=args.save_video,
     )
     summary = run_prediction(args.checkpoint, args.sources, Path(args.out), options)
     print(summary)

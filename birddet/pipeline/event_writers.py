@@ -26,6 +26,7 @@ from birddet.pipeline.predict_options import PredictOptions
 from birddet.pipeline.results import ImageResult
 from birddet.pipeline.taxonomy import Taxonomy
 from birddet.pipeline.timestamps import stamp_results
+from birddet.pipeline.video_events import ClipEvent, clip_events
 
 __all__ = [
     "COUNTS_COLUMNS",
@@ -57,6 +58,10 @@ EVENTS_COLUMNS: tuple[str, ...] = (
     "last_image",
     "category",
     "species_score",
+    # Video clips (birddet.pipeline.video_events): seconds from the clip's start of the first and last sampled
+    # frame showing the category; empty for photo events.
+    "first_seen_s",
+    "last_seen_s",
 )
 COUNTS_COLUMNS: tuple[str, ...] = (
     "deployment",
@@ -75,8 +80,10 @@ def _round(value: float | None, digits: int = 4) -> Any:
     return "" if value is None else round(float(value), digits)
 
 
-def events_csv_text(events: Sequence[Event]) -> str:
-    """The text of ``events.csv`` (module docstring), events in the order given (by deployment, then time)."""
+def events_csv_text(events: Sequence[Event], clips: Sequence[ClipEvent] = ()) -> str:
+    """The text of ``events.csv`` (module docstring): photo events in the order given (by deployment, then time),
+    then one event per video clip, whose ``first_image`` / ``last_image`` are ``<clip>#<frame>`` and whose
+    ``first_seen_s`` / ``last_seen_s`` say when in the clip each category was seen."""
     rows: list[list[Any]] = [list(EVENTS_COLUMNS)]
     for e in events:
         for s in e.species:
@@ -97,6 +104,33 @@ def events_csv_text(events: Sequence[Event]) -> str:
                     e.images[-1].file,
                     s.category,
                     _round(s.species_score),
+                    "",
+                    "",
+                ]
+            )
+    for c in clips:
+        e = c.event
+        for s in e.species:
+            first, last = c.seen_s.get(s.category, (None, None))
+            rows.append(
+                [
+                    e.deployment,
+                    e.event_id,
+                    e.start.isoformat(),
+                    e.end.isoformat(),
+                    round(e.duration_s, 3),
+                    e.n_images,
+                    s.species if s.max_count > 0 else "",
+                    s.common_name,
+                    s.rank,
+                    s.max_count,
+                    _round(s.mean_score),
+                    f"{c.file}#{c.frames[0]}",
+                    f"{c.file}#{c.frames[-1]}",
+                    s.category,
+                    _round(s.species_score),
+                    _round(first, 3),
+                    _round(last, 3),
                 ]
             )
     return csv_text(rows)
@@ -114,7 +148,7 @@ class _Tally:
 def counts_csv_text(events: Sequence[Event]) -> str:
     """The text of ``counts.csv`` (module docstring): rows by deployment, then category and species."""
     tallies: dict[str, dict[tuple[str, str, str], _Tally]] = {}
-    for e in events:
+    for e in sorted(events, key=lambda e: (e.deployment, e.start)):  # photo and clip events, in time order
         per_deployment = tallies.setdefault(e.deployment, {})
         for s in e.species:
             if s.max_count == 0:
@@ -160,13 +194,17 @@ def event_output_texts(
     so resumed and sharded runs give the same events as a one-process run.
     """
     stamp_results(results)
-    events = build_events(results, taxonomy, options.event_options())
+    events = build_events(results, taxonomy, options.event_options())  # photos; a clip is an event of its own
+    clips = clip_events(results, taxonomy, options.event_options())
     annotate_images(events)
     for line in clock_warnings(events):
         logger.warning("%s", line)
     texts: dict[str, str] = {}
     if "csv" in options.formats:
-        texts |= {"events.csv": events_csv_text(events), "counts.csv": counts_csv_text(events)}
+        texts |= {
+            "events.csv": events_csv_text(events, clips),
+            "counts.csv": counts_csv_text([*events, *(c.event for c in clips)]),
+        }
     if "camtrap-dp" in options.formats and options.deployments:
         texts |= camtrap_dp_texts(
             events,

@@ -258,12 +258,15 @@ def build_events(results: Iterable[ImageResult], taxonomy: Taxonomy | None, opti
     """Every event of a run, by deployment (sorted by name) then time, each with its species rows.
 
     Failed images and images without a time belong to no event: they hold no detections to count, and an image
-    without a time cannot be placed in one.
+    without a time cannot be placed in one. Video clips are left out: each is one event, built by
+    `birddet.pipeline.video_events.clip_events` from its frames.
     """
     options.validate()
     per_deployment: dict[str, list[tuple[datetime, ImageResult]]] = defaultdict(list)
     for result in results:
         if result.failure is not None or result.datetime is None:
+            continue
+        if result.video is not None:  # a clip is an event of its own (birddet.pipeline.video_events)
             continue
         per_deployment[deployment_of(result, options.deployment_depth)].append((parse_time(result.datetime), result))
     events: list[Event] = []

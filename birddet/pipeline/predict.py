@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ from birddet.pipeline.sources import SourceImage, scan_sources
 from birddet.pipeline.species import SpeciesClassifier, default_classifier_source
 from birddet.pipeline.taxonomy import Taxonomy
 from birddet.pipeline.timestamps import stamp_results
+from birddet.pipeline.video import clips_summary, is_video, predict_clip, require_av
+from birddet.pipeline.video_writers import annotated_video, annotated_video_path
 from birddet.pipeline.visualize import save_annotated
 from birddet.pipeline.writers import OUTPUT_NAMES, write_outputs
 
@@ -284,8 +286,33 @@ def _save_image(run: _Run, image: torch.Tensor, result: ImageResult) -> None:
         logger.warning("could not write annotated image %s: %s", target, exc)
 
 
+def _predict_clip(run: _Run, src: SourceImage) -> ImageResult:
+    """A video clip: its sampled frames go through the same batch step as photos, ``--batch-size`` at a time
+    (`birddet.pipeline.video`); ``--save-video`` encodes them with their boxes as they pass."""
+    opts = run.options
+    frame_run = replace(run, options=replace(opts, save_images=False))
+
+    def detect(images: Sequence[torch.Tensor]) -> list[list[Detection]]:
+        batch = [(k, img, None) for k, img in enumerate(images)]
+        return [r.detections for r in _process_batch(frame_run, batch, [src] * len(images))]
+
+    max_pixels = MAX_IMAGE_PIXELS if opts.tile is None else TILED_MAX_IMAGE_PIXELS
+    clip = dict(sampling=opts.sampling(), detect=detect, batch_size=opts.batch_size, max_pixels=max_pixels)
+    if not opts.save_video:
+        return predict_clip(src.path, src.file, **clip)
+    target = annotated_video_path(run.out_dir, src.file)
+    with annotated_video(target, run.taxonomy, draw_conf=opts.draw_conf) as add:
+        return predict_clip(
+            src.path, src.file, **clip, on_frame=lambda f, dets: add(TF.to_pil_image(f.image), dets, f.time_s)
+        )
+
+
 def _settings(
-    checkpoint: Path, detector: BirdDetector, classifier: SpeciesClassifier | None, options: PredictOptions
+    checkpoint: Path,
+    detector: BirdDetector,
+    classifier: SpeciesClassifier | None,
+    options: PredictOptions,
+    has_clips: bool = False,
 ) -> dict[str, Any]:
     """The options that change results (module docstring): a resumed run must use the same ones or its outputs
     would be mixed."""
@@ -305,6 +332,8 @@ def _settings(
         # Tiling keys appear only when tiling is on, so progress files from untiled runs stay resumable.
         **(tiling.settings() if (tiling := options.tile_options()) is not None else {"tile": None}),
         **({"bands": options.bands} if options.bands else {}),
+        # Frame sampling only in runs with clips, so progress files of photo runs stay resumable.
+        **(options.sampling().settings() if has_clips else {}),
     }
 
 
@@ -336,6 +365,8 @@ def run_prediction(
     if listing.skipped:
         logger.warning("%s", listing.skipped_note())
     check_event_inputs(items, options)
+    if any(is_video(src.path) for src in items):
+        require_av()  # a missing optional extra stops here, naming its install, not clip by clip
     shard = join(device)  # under torchrun: this rank's strided share and its own GPU (see pipeline/shards.py)
     lock = _claim_folder(out_dir, items, options, shard)
     try:
@@ -364,7 +395,9 @@ def _predict(
 
     if options.resume:
         check_resume_layout(out_dir, shard)
-    progress = ProgressLog(out_dir / shard.progress_name, _settings(checkpoint, detector, classifier, options))
+    has_clips = any(is_video(src.path) for src in items)
+    settings = _settings(checkpoint, detector, classifier, options, has_clips)
+    progress = ProgressLog(out_dir / shard.progress_name, settings)
     done = progress.start(resume=options.resume)
     finished: dict[str, ImageResult] = {}
     for src in (items[i] for i in mine):
@@ -373,12 +406,14 @@ def _predict(
             previous.file = src.file  # names follow this run's sources
             finished[str(src.path)] = previous
     todo = [i for i in mine if str(items[i].path) not in finished]
+    clips = [i for i in todo if is_video(items[i].path)]  # decoded one by one below, after the photos
+    photos = [i for i in todo if not is_video(items[i].path)]
     skipped = len(finished)
 
     run = _Run(detector, classifier, options, out_dir, RasterLedger())
     if options.resume:
         run.rasters.load_earlier(out_dir)
-    loader = image_loader([items[i].path for i in todo], options, device)
+    loader = image_loader([items[i].path for i in photos], options, device)
     pending: list[ImageResult] = []
 
     def write_final() -> tuple[dict[str, Path], list[ImageResult]]:
@@ -407,8 +442,8 @@ def _predict(
     try:
         with tqdm(total=len(mine), initial=skipped, unit="img", desc="predict", disable=None) as bar:
             for batch in loader:
-                # Dataset indices are positions in `todo`; map them back to positions in `items`.
-                batch = [(todo[k], img, reason) for k, img, reason in batch]
+                # Dataset indices are positions in `photos`; map them back to positions in `items`.
+                batch = [(photos[k], img, reason) for k, img, reason in batch]
                 for result in _process_batch(run, batch, items):
                     finished[result.path] = result
                     pending.append(result)
@@ -416,6 +451,13 @@ def _predict(
                     progress.append(pending)
                     pending = []
                 bar.update(len(batch))
+            for i in clips:
+                result = _predict_clip(run, items[i])
+                finished[result.path] = result
+                pending.append(result)
+                progress.append(pending)  # a clip is many frames' work: never lose one
+                pending = []
+                bar.update(1)
     except KeyboardInterrupt:
         progress.append(pending)
         pending = []
@@ -438,7 +480,9 @@ def _predict(
     if not written:  # a rank other than 0: its shard only; rank 0 reports the merged run
         return f"rank {shard.rank} of {shard.world_size}: {len(results)} images{resumed}, {failed} failed{rate}"
     return (
-        f"{len(results)} images{resumed}, {failed} failed, {n_det} detections, {n_cls} classified; "
+        f"{sum(r.video is None for r in results)} images{clips_summary(results)}{resumed}, {failed} failed, "
+        f"{n_det} detections, "
+        f"{n_cls} classified; "
         f"wrote {', '.join(p.name for p in written.values())} to {out_dir} in {elapsed:.1f} s{rate}"
         + (f"; {skipped_note}" if skipped_note else "")
         + run.rasters.summary(results)

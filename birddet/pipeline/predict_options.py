@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from birddet.errors import InputError
 from birddet.pipeline.events import DEFAULT_EVENT_GAP_S, EventOptions
 from birddet.pipeline.tiling import TileOptions
+from birddet.pipeline.video import Sampling
 from birddet.pipeline.writers import OUTPUT_NAMES
 
 # Formats written from the whole run's events rather than per image (birddet.pipeline.event_writers).
@@ -66,6 +67,11 @@ class PredictOptions:
     deployment_depth: int | None = None
     # --format camtrap-dp: CSV of each camera's deploymentID, latitude, longitude (+ other Camtrap DP columns).
     deployments: str | None = None
+    # Video clips (birddet.pipeline.video): frames a second looked at, or every N-th frame when set (wins over fps).
+    video_fps: float = 1.0
+    every_n_frames: int | None = None
+    # An annotated MP4 of each clip's sampled frames in OUT/videos/.
+    save_video: bool = False
 
     def event_options(self) -> EventOptions:
         """The event settings as `EventOptions` (the species rule uses this run's classify_conf and roll-up)."""
@@ -90,6 +96,10 @@ class PredictOptions:
             batch_size=self.batch_size,
         )
 
+    def sampling(self) -> Sampling:
+        """The frames of a clip that are looked at (validated)."""
+        return Sampling(fps=self.video_fps, every_n_frames=self.every_n_frames)
+
     def validate(self) -> None:
         """Reject impossible values before any model is loaded, so a typo costs nothing."""
         for name in ("conf", "classify_conf", "rollup_threshold", "draw_conf"):
@@ -109,6 +119,7 @@ class PredictOptions:
             raise InputError(f"--bands {self.bands}: give three band numbers (R,G,B) or one (grey), counted from 1")
         if self.bands is not None and self.tile is None:
             raise InputError("--bands chooses the bands of rasters read window by window; add --tile SIZE")
+        self.sampling()  # raises InputError naming the bad --video-fps/--every-n-frames value
         if self.resume and self.overwrite:
             raise InputError("--resume continues the run in --out and --overwrite replaces it; give one of them")
         if not self.use_classifier and (self.taxon or self.species_list):

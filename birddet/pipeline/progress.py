@@ -4,8 +4,9 @@ Long runs never lose finished work. Results are appended to ``OUT/progress.jsonl
 images: the first line records the settings that shape results, each further line is one finished image
 (``ImageResult.to_dict``), written with a single ``write`` + ``fsync``; a line cut short by a crash is ignored on
 resume. ``--resume`` keeps every image that succeeded and **retries images that failed** (a file may have been
-fixed or finished copying since), after checking that the settings match. Ctrl-C writes the final output files
-for the finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
+fixed or finished copying since), and video clips whose decoding stopped early for the same reason, after
+checking that the settings match; a finished clip is skipped whole. Ctrl-C writes the final output files for the
+finished images before exiting. ``progress.jsonl`` is kept after a complete run, so ``--resume`` on a
 finished folder only rewrites the outputs. A full disk stops the run with one line (``progress.jsonl`` keeps
 every finished image; appends are whole lines or nothing).
 
@@ -94,7 +95,8 @@ class ProgressLog:
                     continue
                 raise InputError(f"{self.path} line {lineno} is damaged; delete the file to start again") from None
             result = ImageResult.from_dict(data)
-            if result.failure is None:  # failures are retried
+            stopped_early = result.video is not None and result.video.error is not None
+            if result.failure is None and not stopped_early:  # failures (and clips cut short) are retried
                 kept[result.path] = result
             else:
                 kept.pop(result.path, None)

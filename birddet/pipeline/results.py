@@ -1,8 +1,11 @@
 """The result model of a prediction run: :class:`ImageResult` > :class:`Detection` > :class:`Classification`.
 
-The predict pipeline fills it; it round-trips through ``to_dict``/``from_dict`` so a long run can checkpoint and
-resume. Apart from the writers (`birddet.pipeline.writers`) because the classifier, the annotated-image drawer, the
-shard merge and the progress file use results without writing any output file.
+A video clip is one :class:`ImageResult` too (one entry per source file, which is what resume, sharding and
+MegaDetector's format count): its ``video`` (:class:`VideoInfo`) lists the sampled frames, and each detection says
+which frame it is on (``Detection.frame``). The predict pipeline fills it; it round-trips through
+``to_dict``/``from_dict`` so a long run can checkpoint and resume. Apart from the writers
+(`birddet.pipeline.writers`) because the classifier, the annotated-image drawer, the shard merge and the progress
+file use results without writing any output file.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from birddet.errors import InputError
 from birddet.pipeline.taxonomy import Rollup
 
-__all__ = ["Classification", "Detection", "ImageEvent", "ImageResult"]
+__all__ = ["Classification", "Detection", "ImageEvent", "ImageResult", "VideoInfo"]
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Detection:
     ``box_xyxy`` is in absolute pixels of the image as displayed (after EXIF orientation), which is the frame
     both the normalised MegaDetector box and the pixel COCO box are derived from. ``classifications`` is the
     classifier's top-k, highest first; ``rollup`` the deepest confident taxon (None without a classifier).
+    ``frame`` is the video frame the box is on (its 0-based decode index), None in a photo.
     """
 
     box_xyxy: tuple[float, float, float, float]
@@ -49,6 +53,7 @@ class Detection:
     category_name: str
     classifications: list[Classification] = field(default_factory=list)
     rollup: Rollup | None = None
+    frame: int | None = None
 
     @property
     def species_uncertain(self) -> bool | None:
@@ -81,6 +86,7 @@ class Detection:
             "category_name": self.category_name,
             "classifications": [c.to_dict() for c in self.classifications],
             "rollup": None if self.rollup is None else self.rollup.to_dict(),
+            **({} if self.frame is None else {"frame": int(self.frame)}),
         }
 
     @classmethod
@@ -95,6 +101,40 @@ class Detection:
             category_name=str(data["category_name"]),
             classifications=[Classification.from_dict(c) for c in data.get("classifications") or []],
             rollup=None if rollup is None else Rollup.from_dict(rollup),
+            frame=None if data.get("frame") is None else int(data["frame"]),
+        )
+
+
+@dataclass
+class VideoInfo:
+    """What was sampled from a clip: ``frame_rate`` (frames per second as the stream declares it; -1.0 when the clip
+    could not be opened, MegaDetector's convention), the sampled ``frames`` (0-based decode indices, increasing) and
+    their ``times_s`` (seconds from the clip's start, from each frame's timestamp, so variable frame rates are
+    right), and ``error``: why decoding stopped before the end (a truncated or corrupt file), None when the whole
+    clip was read. A clip with an ``error`` keeps the frames decoded before it."""
+
+    frame_rate: float
+    frames: list[int] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "frame_rate": float(self.frame_rate),
+            "frames": [int(f) for f in self.frames],
+            "times_s": [float(t) for t in self.times_s],
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            frame_rate=float(data["frame_rate"]),
+            frames=[int(f) for f in data.get("frames") or []],
+            times_s=[float(t) for t in data.get("times_s") or []],
+            error=None if data.get("error") is None else str(data["error"]),
         )
 
 
@@ -120,6 +160,8 @@ class ImageResult:
     are the displayed size and may be None only for failures. ``datetime`` is when the photo was taken (ISO 8601,
     `birddet.pipeline.timestamps`) and ``timestamp_source`` where that came from (``exif`` or ``mtime``); both None
     when the file could not be found. ``event`` is set by the writers' caller from the whole run, never saved.
+    ``video`` is set for a video clip (None for a photo): then ``detections`` hold the boxes of every sampled frame,
+    each with its ``frame``.
     """
 
     file: str
@@ -131,6 +173,7 @@ class ImageResult:
     datetime: str | None = None
     timestamp_source: str | None = None
     event: ImageEvent | None = None
+    video: VideoInfo | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -143,6 +186,7 @@ class ImageResult:
             "failure": self.failure,
             "datetime": self.datetime,
             "timestamp_source": self.timestamp_source,
+            **({} if self.video is None else {"video": self.video.to_dict()}),
         }
 
     @classmethod
@@ -159,6 +203,7 @@ class ImageResult:
                 # Progress files written before times were recorded have none: the run reads them again.
                 datetime=None if data.get("datetime") is None else str(data["datetime"]),
                 timestamp_source=None if data.get("timestamp_source") is None else str(data["timestamp_source"]),
+                video=None if data.get("video") is None else VideoInfo.from_dict(data["video"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             where = data.get("file", "?") if isinstance(data, Mapping) else "?"

@@ -1,6 +1,7 @@
 """Turn the SOURCE arguments of ``birddet predict`` into a list of images with stable output names.
 
-A SOURCE is an image file, a folder (searched recursively for :data:`IMAGE_EXTENSIONS`, any case) or a ``.txt``
+A SOURCE is an image or video file, a folder (searched recursively for :data:`IMAGE_EXTENSIONS` and video clips
+:data:`~birddet.pipeline.video.VIDEO_EXTENSIONS`, any case) or a ``.txt``
 list of paths (one a line; blank lines and ``#`` comments skipped; relative entries resolve against the list's
 folder, because a list is usually written next to the images it names and moved with them).
 
@@ -16,8 +17,8 @@ A name is relative with ``/`` separators; on Linux and macOS a backslash is an o
 
 Folder scans leave out the output folder (``exclude``) when it lies inside a SOURCE folder, so a run never reads
 its own annotated copies back as photos, and they note photos and videos of types birddet cannot read
-(:data:`UNSUPPORTED_MEDIA`: ``.gif``, ``.heic``, raw and video files) in :attr:`SourceListing.skipped`, so the
-summary can say which files were not looked at instead of skipping them without a word.
+(:data:`UNSUPPORTED_MEDIA`: ``.gif``, ``.heic``, raw files, video containers other than the clips it reads) in
+:attr:`SourceListing.skipped`, so the summary can say which files were not looked at instead of skipping them without a word.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from birddet.data.images import IMAGE_EXTENSIONS
 from birddet.errors import InputError
+from birddet.pipeline.video import VIDEO_EXTENSIONS
 
 __all__ = ["SourceImage", "SourceListing", "UNSUPPORTED_MEDIA", "list_sources", "scan_sources"]
 
@@ -39,7 +41,7 @@ UNSUPPORTED_MEDIA = frozenset(
         ".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".psd", ".ico", ".svg", ".mpo",
         ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".sr2", ".orf", ".rw2", ".raf", ".pef", ".srw",
         ".x3f", ".raw", ".rwl", ".3fr", ".erf", ".kdc", ".mrw",
-        ".mp4", ".mov", ".avi", ".mkv", ".m4v", ".wmv", ".mts", ".m2ts", ".3gp", ".mpg", ".mpeg", ".webm",
+        ".wmv", ".mts", ".m2ts", ".3gp", ".mpg", ".mpeg",
     }
 )  # fmt: skip
 
@@ -78,7 +80,8 @@ class SourceListing:
 
 
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    """A photo or a video clip birddet reads (both are sources of frames)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS or path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def _relative_name(path: Path, root: Path) -> str:
@@ -221,7 +224,7 @@ def scan_sources(
                 pairs.append((path, root))
     listing = SourceListing([], scan.skipped)
     if not pairs:
-        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))
         note = f"; {listing.skipped_note()}" if listing.skipped else ""
         raise InputError(f"no images found in {', '.join(map(str, sources))} (looked for {exts}, any case){note}")
     listing.images = [

@@ -31,6 +31,7 @@ from birddet.errors import InputError
 from birddet.fileio import atomic_write_json, atomic_write_set, atomic_write_text, csv_text
 from birddet.pipeline.results import Classification, Detection, ImageResult  # noqa: F401 (re-exported, lived here)
 from birddet.pipeline.taxonomy import Taxonomy
+from birddet.pipeline.video_writers import MEGADETECTOR_VIDEO_FORMAT_VERSION, frame_views, megadetector_video_entry
 
 MEGADETECTOR_FORMAT_VERSION = "1.4"
 OUTPUT_NAMES: dict[str, str] = {"megadetector": "megadetector.json", "coco": "coco.json", "csv": "predictions.csv"}
@@ -55,6 +56,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     # Added after the first release; appended so that readers by position keep working.
     "identified_as",
     "species_uncertain",
+    # Video clips: the sampled frame's number and time in seconds (empty for photos).
+    "frame",
+    "time_s",
     # When and where the photo was taken, and its event (birddet.pipeline.events).
     "datetime",
     "timestamp_source",
@@ -125,8 +129,9 @@ def megadetector_dict(
     classifier_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the MegaDetector batch output (format 1.4) as a dict; see :func:`write_megadetector_json`."""
+    has_video = any(r.video is not None for r in results)  # clips need the video fields of a newer version
     info: dict[str, Any] = {
-        "format_version": MEGADETECTOR_FORMAT_VERSION,
+        "format_version": MEGADETECTOR_VIDEO_FORMAT_VERSION if has_video else MEGADETECTOR_FORMAT_VERSION,
         "detector": detector_name,
         "detection_completion_time": _now(),
         "detector_metadata": dict(detector_metadata or {}),
@@ -138,7 +143,29 @@ def megadetector_dict(
 
     used_classes: set[int] = set()
     images: list[dict[str, Any]] = []
+
+    def detection_entry(d: Detection, r: ImageResult) -> dict[str, Any]:
+        if not r.width or not r.height:
+            raise ValueError(f"image {r.file!r} has no size; MegaDetector boxes are normalised by it")
+        x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
+        bbox = [
+            round(x1 / r.width, coord_digits),
+            round(y1 / r.height, coord_digits),
+            round((x2 - x1) / r.width, coord_digits),
+            round((y2 - y1) / r.height, coord_digits),
+        ]
+        entry: dict[str, Any] = {"category": str(int(d.category_id)), "conf": round(float(d.score), conf_digits)}
+        entry["bbox"] = bbox
+        if d.classifications:
+            ranked = sorted(d.classifications, key=lambda c: c.score, reverse=True)
+            entry["classifications"] = [[str(int(c.class_index)), round(float(c.score), conf_digits)] for c in ranked]
+            used_classes.update(int(c.class_index) for c in ranked)
+        return entry
+
     for r in results:
+        if r.video is not None:  # a clip: MegaDetector's video entry (birddet.pipeline.video_writers)
+            images.append(megadetector_video_entry(r, lambda d, r=r: detection_entry(d, r)))
+            continue
         if r.failure is not None:
             # The format says: failure is a string and detections is null (not an empty list).
             images.append({"file": r.file, "failure": r.failure, "detections": None})
@@ -147,25 +174,13 @@ def megadetector_dict(
             continue
         if not r.width or not r.height:
             raise ValueError(f"image {r.file!r} has no size; MegaDetector boxes are normalised by it")
-        dets: list[dict[str, Any]] = []
-        for d in r.detections:
-            x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
-            bbox = [
-                round(x1 / r.width, coord_digits),
-                round(y1 / r.height, coord_digits),
-                round((x2 - x1) / r.width, coord_digits),
-                round((y2 - y1) / r.height, coord_digits),
-            ]
-            entry: dict[str, Any] = {"category": str(int(d.category_id)), "conf": round(float(d.score), conf_digits)}
-            entry["bbox"] = bbox
-            if d.classifications:
-                ranked = sorted(d.classifications, key=lambda c: c.score, reverse=True)
-                entry["classifications"] = [
-                    [str(int(c.class_index)), round(float(c.score), conf_digits)] for c in ranked
-                ]
-                used_classes.update(int(c.class_index) for c in ranked)
-            dets.append(entry)
-        images.append({"file": r.file, "detections": dets, **({"datetime": r.datetime} if r.datetime else {})})
+        images.append(
+            {
+                "file": r.file,
+                "detections": [detection_entry(d, r) for d in r.detections],
+                **({"datetime": r.datetime} if r.datetime else {}),
+            }
+        )
 
     out: dict[str, Any] = {
         "info": info,
@@ -235,11 +250,13 @@ def coco_dict(
     """Build the COCO dataset dict; see :func:`write_coco_json`."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for r in results:
+    for r, frame in frame_views(results):  # a clip is one image per sampled frame, with its frame and time
         if r.failure is not None:
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": r.file, "width": r.width, "height": r.height, **_image_fields(r)})
+        images.append(
+            {"id": image_id, "file_name": r.file, "width": r.width, "height": r.height, **frame, **_image_fields(r)}
+        )
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             w, h = x2 - x1, y2 - y1
@@ -344,16 +361,15 @@ def write_predictions_csv(
 def predictions_csv_text(results: Sequence[ImageResult], *, taxonomy: Taxonomy | None) -> str:
     """The text of :func:`write_predictions_csv`."""
     rows: list[list[Any]] = [list(CSV_COLUMNS)]
-    for r in results:
+    for r, frame in frame_views(results):  # a clip is one group of rows per sampled frame (video_writers)
         fields = _image_fields(r)
-        where = ["" if fields[c] is None else fields[c] for c in CSV_COLUMNS[-_IMAGE_COLUMNS:]]
+        where = [frame.get("frame", ""), "" if "time_s" not in frame else _fmt(frame["time_s"], 3)]
+        where += ["" if fields[c] is None else fields[c] for c in CSV_COLUMNS[-_IMAGE_COLUMNS:]]
         if r.failure is not None:
-            rows.append(
-                [{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS[:-_IMAGE_COLUMNS]] + where
-            )
+            rows.append([{"file": r.file, "failure": r.failure}.get(c, "") for c in CSV_COLUMNS[: -len(where)]] + where)
             continue
         if not r.detections:
-            rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2 - _IMAGE_COLUMNS), *where])
+            rows.append([r.file, 0, *[""] * (len(CSV_COLUMNS) - 2 - len(where)), *where])
         for d in r.detections:
             x1, y1, x2, y2 = _clipped_xyxy(d, r.width, r.height)
             _, species, common, species_score = _species_fields(d, taxonomy)
