@@ -132,30 +132,21 @@ def summarize(name: str, minutes: float, run: Path) -> dict:
     }
 
 
-def species_table(rows: list[dict]) -> str:
+def table(rows: list[dict], species: bool = False) -> str:
+    """The markdown table of finished runs: val AP50 / AP for detectors, val top-1 for species classifiers."""
+    order = list(SPECIES_CANDIDATES if species else CANDIDATES)
+    scores = ["val top-1"] if species else ["val AP50", "val AP"]
     lines = [
-        "| recipe | CPU budget (min) | epochs (plans) | CPU min used | wall min | load | val top-1 |",
-        "|---|---|---|---|---|---|---|",
+        "| recipe | CPU budget (min) | epochs (plans) | CPU min used | wall min | load | " + " | ".join(scores) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(scores),
     ]
-    for r in sorted(rows, key=lambda r: (list(SPECIES_CANDIDATES).index(r["candidate"]), r["budget_min"])):
+    for r in sorted(rows, key=lambda r: (order.index(r["candidate"]), r["budget_min"])):
+        values = [r["top1"]] if species else [r["AP50"], r["AP"]]
         lines.append(
             f"| {r['candidate']} | {r['budget_min']:g} | {r['epochs']} ({' -> '.join(map(str, r['planned']))}) "
-            f"| {r['cpu_min']:.1f} | {r.get('wall_min', float('nan')):.1f} | {r.get('load', float('nan')):.1f} "
-            f"| {r['top1']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| recipe | CPU budget (min) | epochs (plans) | CPU min used | wall min | load | val AP50 | val AP |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(rows, key=lambda r: (list(CANDIDATES).index(r["candidate"]), r["budget_min"])):
-        lines.append(
-            f"| {r['candidate']} | {r['budget_min']:g} | {r['epochs']} ({' -> '.join(map(str, r['planned']))}) "
-            f"| {r['cpu_min']:.1f} | {r.get('wall_min', float('nan')):.1f} | {r.get('load', float('nan')):.1f} "
-            f"| {r['AP50']:.3f} | {r['AP']:.3f} |"
+            f"| {r['cpu_min']:.1f} | {r.get('wall_min', float('nan')):.1f} | {r.get('load', float('nan')):.1f} | "
+            + " | ".join(f"{v:.3f}" for v in values)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -191,7 +182,7 @@ def main() -> None:
             row_file.write_text(json.dumps(summarize(*found[0], log.parent), indent=1))
     rows = [json.loads(f.read_text()) for f in sorted(args.out.glob("*/row.json"))]
     rows = [r for r in rows if r["candidate"] in candidates]
-    print(species_table(rows) if species else table(rows))
+    print(table(rows, species))
 
 
 if __name__ == "__main__":

@@ -80,11 +80,16 @@ def test_exif_orientation_6_is_applied(tmp_path):
     assert load_image(path, apply_exif=False).size == (40, 20)
 
 
-def test_truncated_jpeg_raises_clear_error(tmp_path):
+def _truncated_jpeg(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     path = tmp_path / "cut.jpg"
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+def test_truncated_jpeg_raises_clear_error(tmp_path):
+    path = _truncated_jpeg(tmp_path)
     with pytest.raises(ImageLoadError, match=r"cut\.jpg.*truncated"):
         load_image(path)
 
@@ -95,10 +100,7 @@ def test_truncated_jpeg_is_refused_even_when_another_library_lets_pillow_load_it
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
-    path = tmp_path / "cut.jpg"
-    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    path = _truncated_jpeg(tmp_path)
     with pytest.raises(ImageLoadError, match=r"cut\.jpg.*truncated"):
         load_image(path)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True

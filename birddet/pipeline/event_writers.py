@@ -86,54 +86,39 @@ def events_csv_text(events: Sequence[Event], clips: Sequence[ClipEvent] = ()) ->
     ``first_seen_s`` / ``last_seen_s`` say when in the clip each category was seen."""
     rows: list[list[Any]] = [list(EVENTS_COLUMNS)]
     for e in events:
-        for s in e.species:
-            rows.append(
-                [
-                    e.deployment,
-                    e.event_id,
-                    e.start.isoformat(),
-                    e.end.isoformat(),
-                    round(e.duration_s, 3),
-                    e.n_images,
-                    s.species,
-                    s.common_name,
-                    s.rank,
-                    s.max_count,
-                    _round(s.mean_score),
-                    e.images[0].file,
-                    e.images[-1].file,
-                    s.category,
-                    _round(s.species_score),
-                    "",
-                    "",
-                ]
-            )
+        rows.extend(_event_rows(e, e.images[0].file, e.images[-1].file, {}))
     for c in clips:
-        e = c.event
-        for s in e.species:
-            first, last = c.seen_s.get(s.category, (None, None))
-            rows.append(
-                [
-                    e.deployment,
-                    e.event_id,
-                    e.start.isoformat(),
-                    e.end.isoformat(),
-                    round(e.duration_s, 3),
-                    e.n_images,
-                    s.species if s.max_count > 0 else "",
-                    s.common_name,
-                    s.rank,
-                    s.max_count,
-                    _round(s.mean_score),
-                    f"{c.file}#{c.frames[0]}",
-                    f"{c.file}#{c.frames[-1]}",
-                    s.category,
-                    _round(s.species_score),
-                    _round(first, 3),
-                    _round(last, 3),
-                ]
-            )
+        rows.extend(_event_rows(c.event, f"{c.file}#{c.frames[0]}", f"{c.file}#{c.frames[-1]}", c.seen_s))
     return csv_text(rows)
+
+
+def _event_rows(e: Event, first_image: str, last_image: str, seen_s: dict[str, tuple[float, float]]) -> list[list[Any]]:
+    """One row per species (detector category) of an event; `seen_s`: when in a clip each category was seen."""
+    rows = []
+    for s in e.species:
+        first, last = seen_s.get(s.category, (None, None))
+        rows.append(
+            [
+                e.deployment,
+                e.event_id,
+                e.start.isoformat(),
+                e.end.isoformat(),
+                round(e.duration_s, 3),
+                e.n_images,
+                s.species,
+                s.common_name,
+                s.rank,
+                s.max_count,
+                _round(s.mean_score),
+                first_image,
+                last_image,
+                s.category,
+                _round(s.species_score),
+                _round(first, 3),
+                _round(last, 3),
+            ]
+        )
+    return rows
 
 
 @dataclass
