@@ -243,7 +243,9 @@ def export_checkpoint(
     if int8:
         from birddet.engine.quantize import quantize_detector
 
-        fp32 = out.with_name(f"{out.stem}.fp32.onnx")
+        # The fp32 graph quantization starts from: a hidden name of this process's own, removed afterwards, so no
+        # file of the user's is ever overwritten.
+        fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.onnx")
         export_detector(detector, fp32, image_size=image_size, min_conf=min_conf, max_dets=max_dets)
         try:
             written.append(quantize_detector(fp32, out, calibrate))  # type: ignore[arg-type]

@@ -12,7 +12,9 @@ dataset); its outputs are torchvision's `boxes`, `labels`, `scores`, sorted by s
 command takes it without knowing. The score threshold and the box cap are baked into the graph at export time;
 here they are applied again after the graph, which is exact for any threshold at or above the baked one and any cap
 at or below it (the graph's boxes are sorted by score, and NMS keeps a box whatever lower-scored boxes there are).
-A stricter request than the graph can answer is an `InputError` naming the export option that would.
+A stricter request than the graph can answer is an `InputError` naming the export option that would. (The one
+case where a smaller cap is not exact: a graph exported with `--max-dets` above the config's
+`rpn.post_nms_top_n_test` always keeps that many proposals, where the checkpoint at a smaller cap keeps fewer.)
 
 A classifier graph maps normalised crops `[N, 3, H, W]` (H, W fixed at the classifier's size) to logits;
 `load_onnx_classifier` returns it as an `nn.Module` plus the `BackboneInfo` that `SpeciesClassifier` needs.
