@@ -1,4 +1,4 @@
-"""`birddet <command>`: train, eval, score, predict, report, synth, check, convert, split, stats.
+"""`birddet <command>`: train, eval, score, predict, report, export, synth, check, convert, split, stats.
 
 The CLI only parses arguments and calls library functions; `tools/*.py` are thin wrappers over `main`.
 Exit codes: 0 success, 2 bad input (one line on stderr saying what, where and how to fix), 1 anything else.
@@ -19,6 +19,7 @@ import sys
 from birddet import __version__
 from birddet.cli.data import _add_check, _add_convert, _add_split, _add_stats, _add_synth
 from birddet.cli.evaluate import _add_eval, _add_score
+from birddet.cli.export import _add_export
 from birddet.cli.predict import _add_predict
 from birddet.cli.report import _add_report
 from birddet.cli.train import _add_train, _add_train_classifier
@@ -32,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"birddet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (_add_train, _add_train_classifier, _add_eval, _add_score, _add_predict, _add_report, _add_synth)
+    commands = (
+        _add_train,
+        _add_train_classifier,
+        _add_eval,
+        _add_score,
+        _add_predict,
+        _add_report,
+        _add_synth,
+        _add_export,
+    )
     data_commands = (_add_check, _add_convert, _add_split, _add_stats)
     for add in (*commands, *data_commands):
         add(sub)

@@ -23,7 +23,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "is scored under its top-1 species with detection score x species probability, against ground truth "
         "whose categories are species (matched to the classifier's classes by name, case-insensitively).",
     )
-    p.add_argument("checkpoint", help="detector checkpoint (best.pt / last.pt)")
+    p.add_argument("checkpoint", help="detector checkpoint (best.pt / last.pt), or a MODEL.onnx from birddet export")
     p.add_argument("--classifier", default=None, help="birder classifier file (e.g. a train-classifier RUN/best.pt)")
     p.add_argument("--ann", required=True, help="COCO ground-truth JSON")
     p.add_argument("--images", required=True, help="image root the JSON's file_names are relative to")

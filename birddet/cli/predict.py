@@ -14,7 +14,7 @@ from birddet.cli.common import _add_tiling_flags
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect birds and name their species")
-    p.add_argument("checkpoint", help="detector checkpoint")
+    p.add_argument("checkpoint", help="detector checkpoint, or a MODEL.onnx from birddet export")
     p.add_argument(
         "sources", nargs="+", metavar="SOURCE", help="image or video files, folders (recursive) or .txt lists"
     )

@@ -138,6 +138,14 @@ def detector_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint") ->
 
 
 def load_detector(path: str | Path, device: str | torch.device | None = None) -> BirdDetector:
-    """Rebuild a detector from a checkpoint file alone, in eval mode, on `device` (default CPU)."""
+    """Rebuild a detector from a checkpoint file alone, in eval mode, on `device` (default CPU).
+
+    A `.onnx` file written by `birddet export` loads here too, as a `BirdDetector` running on onnxruntime
+    (`birddet.models.onnx_runtime`), so every command that takes a checkpoint takes an exported model.
+    """
+    from birddet.models.onnx_runtime import is_onnx_path, load_onnx_detector
+
+    if is_onnx_path(path):
+        return load_onnx_detector(path, device)
     detector = detector_from_checkpoint(read_checkpoint(path), str(path))
     return detector.to(device or "cpu").eval()

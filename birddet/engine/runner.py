@@ -265,17 +265,23 @@ def evaluate_checkpoint(
     """
     from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.transforms import build_eval_transforms
-    from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
+    from birddet.engine.checkpoint import detector_from_checkpoint, load_detector, read_checkpoint
     from birddet.engine.evaluator import evaluate, load_ground_truth
     from birddet.engine.reports import write_eval_inputs, write_report
+    from birddet.models.onnx_runtime import is_onnx_path
 
     ctx = D.init_distributed(device)
     try:
-        ckpt = read_checkpoint(checkpoint)
-        categories = {int(k): str(v) for k, v in ckpt["categories"].items()}
-        check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
-        detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
-        del ckpt
+        if is_onnx_path(checkpoint):  # an exported model (`birddet export`): its categories are in its metadata
+            detector = load_detector(checkpoint, ctx.device)
+            categories = detector.categories
+            check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
+        else:
+            ckpt = read_checkpoint(checkpoint)
+            categories = {int(k): str(v) for k, v in ckpt["categories"].items()}
+            check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
+            detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
+            del ckpt
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         if tile is not None:  # tiled, the batch is windows of one image

@@ -155,7 +155,7 @@ def evaluate_two_stage(
     from birddet.data.coco import CategoryMap, CocoDetection
     from birddet.data.crops import KeepPixels
     from birddet.data.transforms import build_eval_transforms
-    from birddet.engine.checkpoint import detector_from_checkpoint, read_checkpoint
+    from birddet.engine.checkpoint import load_detector
     from birddet.engine.evaluator import evaluate, load_ground_truth
     from birddet.engine.reports import metrics_dict, write_eval_inputs, write_report
     from birddet.engine.runner import _gt_categories, coco_max_dets, run_detector
@@ -171,7 +171,7 @@ def evaluate_two_stage(
             species = SpeciesClassifier(
                 species.net, species.info, taxonomy=species.taxonomy, allowed=sorted(class_to_category), top_k=1
             )
-        detector = detector_from_checkpoint(read_checkpoint(checkpoint), str(checkpoint)).to(ctx.device).eval()
+        detector = load_detector(checkpoint, ctx.device)  # a checkpoint or an exported .onnx
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         amp = cfg.train.amp if amp is None else amp

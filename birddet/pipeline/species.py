@@ -24,6 +24,7 @@ from birddet.backbone.vit import ViT
 from birddet.backbone.weights import REGISTERED_WEIGHTS, BackboneInfo, WeightsError, cache_dir, load_backbone
 from birddet.errors import InputError
 from birddet.models.classifier import CROP_MARGIN, crops_for_classifier
+from birddet.models.onnx_runtime import is_onnx_path, load_onnx_classifier
 from birddet.pipeline.results import Classification
 from birddet.pipeline.taxonomy import Rollup, Taxonomy
 
@@ -109,7 +110,10 @@ class SpeciesClassifier:
         accuracy for speed, since the classifier's cost grows with the square of the side. When both are given the allowed set is their intersection (a species list for a region, further limited
         to birds); an empty intersection is an input error rather than a run that names nothing.
         """
-        net, info = load_backbone(source, device=device, size=size)
+        if is_onnx_path(source):  # exported by `birddet export --classifier`: runs on onnxruntime
+            net, info = load_onnx_classifier(source, size)
+        else:
+            net, info = load_backbone(source, device=device, size=size)
         if info.num_classes <= 0 or not info.class_to_idx:
             raise WeightsError(
                 f"{source} has no classification head (it is a feature encoder); pass a species classifier such as "
