@@ -1,7 +1,10 @@
-"""Learning curves at equal CPU time: val AP50/AP after budgets of 2, 5 and 10 CPU minutes, per recipe.
+"""Learning curves at equal CPU time: val AP50/AP (detectors) or val top-1 (species classifiers) after budgets of
+2, 5 and 10 CPU minutes, per recipe.
 
     python benchmarks/learning_curve.py --out runs/curves [--minutes 2 5 10] [--candidates NAME ...]
         [--parallel 2] [--threads 1] [--data DIR] [--table]
+    python benchmarks/learning_curve.py --task species --out runs/species ...   # `train-classifier` recipes on the
+                                                                                 # realistic preset's hard species
 
 Each (candidate, budget) pair is one `birddet train CONFIG ... train.time_budget=M train.budget_clock=cpu` run on
 `birddet synth --preset realistic` (224 train / 56 val photos, generated into `--data` when missing), so every run

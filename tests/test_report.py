@@ -330,13 +330,15 @@ def test_eval_writes_its_inputs(tmp_path: Path) -> None:
 
 
 def test_csv_rows_are_read_by_name(tmp_path: Path) -> None:
-    """Columns added later (issue 22's) do not shift what the report reads."""
+    """Columns added later, in any place, do not shift what the report reads."""
     run = make_predict_folder(tmp_path, formats=("csv",))
     with (run / "predictions.csv").open(newline="") as f:
-        rows = list(csv.reader(f))
-    rows = [["deployment", *rows[0]], *(["site9", *r] for r in rows[1:])]
+        rows = list(csv.DictReader(f))
+    fields = ["a_later_column", *rows[0]]
     with (run / "predictions.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({**r, "a_later_column": "x", "deployment": "site9"} for r in rows)
     build_report(run, tmp_path / "report")
     data = report_data(tmp_path / "report")
     assert data["deployments"] == ["site9"] and data["total"] == 12

@@ -123,7 +123,12 @@ def test_uncertain_boxes_keep_the_detector_category_and_the_species_guess_in_eve
     with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh))
     assert tuple(header[: len(FIRST_RELEASE_COLUMNS)]) == FIRST_RELEASE_COLUMNS
-    assert tuple(header) == CSV_COLUMNS == (*FIRST_RELEASE_COLUMNS, "identified_as", "species_uncertain")
+    assert tuple(header) == CSV_COLUMNS
+    assert CSV_COLUMNS[: len(FIRST_RELEASE_COLUMNS) + 2] == (
+        *FIRST_RELEASE_COLUMNS,
+        "identified_as",
+        "species_uncertain",
+    )
     with open(out / "predictions.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted({r["file"] for r in rows}) == ["feeder_portrait.jpg", "feeder_wide.jpg"]
