@@ -23,12 +23,24 @@ logger = logging.getLogger(__name__)
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 #: Calibration images used at most: ranges settle after a few dozen photos, and each costs one fp32 forward.
 MAX_CALIBRATION_IMAGES = 64
-#: Calibration images whose activations are held at once before they are folded into the ranges.
-CALIBRATION_CHUNK = 4
+#: onnxruntime's min/max calibration holds every intermediate output of every calibration image until the end, so
+#: the number of images shrinks with the input's area: 64 at 384 px and below, 23 at 640, 9 at 1024. (Its
+#: `CalibMaxIntermediateOutputs` option would bound this, but in onnxruntime 1.32 it discards each full chunk
+#: without folding it into the ranges: calibration then used only the last `n % chunk` images, or failed with
+#: "No data is collected" when the chunk divided n.)
+CALIBRATION_REFERENCE_SIDE = 384
 
 
-def calibration_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """The image files directly in or under `folder` (sorted, at most `MAX_CALIBRATION_IMAGES`, evenly spaced)."""
+def calibration_limit(input_size: int) -> int:
+    """How many calibration images a graph with inputs of `input_size` px is calibrated on (see
+    `CALIBRATION_REFERENCE_SIDE`)."""
+    return max(
+        4, min(MAX_CALIBRATION_IMAGES, int(MAX_CALIBRATION_IMAGES * (CALIBRATION_REFERENCE_SIDE / input_size) ** 2))
+    )
+
+
+def calibration_images(folder: str | os.PathLike[str], limit: int = MAX_CALIBRATION_IMAGES) -> list[Path]:
+    """The image files directly in or under `folder` (sorted, at most `limit`, evenly spaced)."""
     from birddet.data.images import IMAGE_EXTENSIONS
 
     root = Path(folder)
@@ -37,8 +49,8 @@ def calibration_images(folder: str | os.PathLike[str]) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise InputError(f"--calibrate {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    step = max(1, len(files) // MAX_CALIBRATION_IMAGES)
-    return files[::step][:MAX_CALIBRATION_IMAGES]
+    step = max(1, len(files) // limit)
+    return files[::step][:limit]
 
 
 def _resized_inputs(files: list[Path], input_size: int) -> Iterator[dict[str, Any]]:
@@ -72,8 +84,9 @@ def quantize_detector(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     meta = read_onnx_metadata(fp32, "detector")
-    files = calibration_images(calibrate)
-    inputs = _resized_inputs(files, int(meta["birddet.input_size"]))
+    size = int(meta["birddet.input_size"])
+    files = calibration_images(calibrate, calibration_limit(size))
+    inputs = _resized_inputs(files, size)
     used = 0
 
     class Reader(CalibrationDataReader):
@@ -94,10 +107,6 @@ def quantize_detector(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            # onnxruntime keeps every intermediate output of every calibration image until it computes the ranges;
-            # for ViT-M/16 at 1024 px that is gigabytes per image. Folding them into the min/max every few images
-            # bounds the memory and gives the same ranges.
-            extra_options={"CalibMaxIntermediateOutputs": CALIBRATION_CHUNK},
         )
         if used == 0:
             raise InputError(f"--calibrate {calibrate}: none of its {len(files)} images could be read")
