@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ class _Run:
     classifier: SpeciesClassifier | None
     options: PredictOptions
     out_dir: Path
-    rasters: RasterLedger
+    rasters: RasterLedger = field(default_factory=RasterLedger)  # rasters of this run (rasters.json, map outputs)
 
     @property
     def taxonomy(self) -> Taxonomy | None:
