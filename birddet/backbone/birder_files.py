@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from birddet.backbone.resnet import ResNet
 from birddet.backbone.vit import ViT
 from birddet.errors import WeightsError
 from birddet.fileio import atomic_path
@@ -231,7 +232,7 @@ def _read_safetensors(path: Path) -> BirderFile:
 
 
 def save_birder_file(
-    net: ViT,
+    net: ViT | ResNet,
     path: str | os.PathLike,
     *,
     class_to_idx: dict[str, int],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -32,7 +33,8 @@ from birddet.backbone.birder_files import (  # noqa: F401 (re-exported: they liv
     read_birder_file,
     save_birder_file,
 )
-from birddet.backbone.presets import find_preset, get_preset
+from birddet.backbone.presets import RESNET_PRESETS, build_network, find_preset, find_resnet_preset, get_preset
+from birddet.backbone.resnet import ResNet, ResNetConfig
 from birddet.backbone.vit import ViT, ViTConfig
 from birddet.errors import WeightsError
 from birddet.fileio import atomic_path
@@ -196,6 +198,43 @@ def resolve_weights(source: str | os.PathLike) -> Path:
 _ARCH_KEYS = ("conv_proj.weight", "reg_tokens", "pos_embedding", "encoder.block.0.norm1.weight")
 
 
+_RESNET_STEM = "stem.0.0.weight"
+_RESNET_STAGE = re.compile(r"body\.stage(\d+)\.(\d+)\.")
+
+
+def is_resnet_state(state: dict[str, torch.Tensor]) -> bool:
+    """birder's ResNet v1 layout (a 7x7 stem and `body.stage*` blocks) rather than the ViT's."""
+    return _RESNET_STEM in state and any(_RESNET_STAGE.match(k) for k in state)
+
+
+def infer_resnet_config(state: dict[str, torch.Tensor], *, where: str = "file") -> tuple[str, ResNetConfig]:
+    """Read a ResNet v1's widths, depths and block type from its tensors; the name is the matching preset."""
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        match = _RESNET_STAGE.match(key)
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    stages = sorted(blocks)
+    if stages != list(range(1, len(stages) + 1)) or any(blocks[i] != set(range(len(blocks[i]))) for i in stages):
+        raise WeightsError(f"{where}: its ResNet stages or blocks are not numbered from 1 and 0 without gaps")
+    bottle_neck = "body.stage1.0.block1.3.weight" in state
+    last_norm = 3 if bottle_neck else 2
+    try:
+        widths = [int(state[_RESNET_STEM].shape[0])]
+        widths += [int(state[f"body.stage{i}.0.block1.{last_norm}.weight"].shape[0]) for i in stages]
+    except KeyError as err:
+        raise WeightsError(f"{where}: a ResNet v1 block is incomplete (no {err.args[0]})") from None
+    cfg = ResNetConfig(filter_list=tuple(widths), units=tuple(len(blocks[i]) for i in stages), bottle_neck=bottle_neck)
+    name = find_resnet_preset(cfg)
+    if name is None:
+        raise WeightsError(
+            f"{where} holds a ResNet v1 (widths {list(cfg.filter_list)}, blocks {list(cfg.units)}, "
+            f"{'bottleneck' if bottle_neck else 'basic'} blocks) that matches no birddet preset "
+            f"({', '.join(RESNET_PRESETS)})"
+        )
+    return name, cfg
+
+
 def infer_config(
     state: dict[str, torch.Tensor], *, network: str | None = None, where: str = "file"
 ) -> tuple[str, ViTConfig]:
@@ -275,10 +314,20 @@ def build_from_state(
     num_classes: int,
     network: str | None = None,
     where: str = "file",
-) -> tuple[str, ViT]:
-    """Build a `ViT` for a birder state dict and load it strictly, explaining any mismatch (see `build_matching`:
-    the signature's input size and class count are checked against the tensors before anything is allocated)."""
-    name, cfg = infer_config(state, network=network, where=where)
+) -> tuple[str, ViT | ResNet]:
+    """Build a `ViT` (or a `ResNet`, for a ResNet v1 state) for a birder state dict and load it strictly,
+    explaining any mismatch (see `build_matching`: the signature's input size and class count are checked against
+    the tensors before anything is allocated)."""
+    cfg: ViTConfig | ResNetConfig
+    if is_resnet_state(state):
+        name, cfg = infer_resnet_config(state, where=where)
+        if network is not None and network != name:
+            raise WeightsError(
+                f"{where} holds the ResNet {name} (a species-classifier CNN), not the {network} asked for; a "
+                "detector's backbone is a ViT"
+            )
+    else:
+        name, cfg = infer_config(state, network=network, where=where)
 
     def claims(key: str) -> str:
         if key.startswith("classifier."):
@@ -288,7 +337,7 @@ def build_from_state(
         return f"birddet's {name}"
 
     net = build_matching(
-        lambda: ViT(cfg, num_classes=num_classes, image_size=image_size),
+        lambda: build_network(cfg, num_classes, image_size),
         state,
         where=where,
         claims=claims,
@@ -304,8 +353,9 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     network: str | None = None,
-) -> tuple[ViT, BackboneInfo]:
-    """Load a birder weights file (`.pt`, `.safetensors`) or registered weights name as a birddet `ViT`.
+) -> tuple[ViT | ResNet, BackboneInfo]:
+    """Load a birder weights file (`.pt`, `.safetensors`) or registered weights name as a birddet `ViT` (or
+    `ResNet`, for a ResNet v1 species classifier).
 
     `size` is the classification input size recorded in `info.size` (default: the size the file was trained at);
     the network itself accepts any multiple of the patch size. Returns `(net, info)` with the net in eval mode.

@@ -1,12 +1,13 @@
 """The species classifier as a task on the shared training loop (`birddet train-classifier`).
 
-It trains a birder-family `ViT` on crops of the boxes of a COCO dataset (`data.crops.CocoCrops`: predict's crop
+It trains a birder-family `ViT` or ResNet v1 (`model.backbone.preset`, e.g. `resnet_v1_10` from random init) on crops of the boxes of a COCO dataset (`data.crops.CocoCrops`: predict's crop
 rule, then augmentation), a box's category being its class; rare classes weigh more in the loss
 (`data.balance: loss`). The loop (`engine/loop.py`) supplies layer-wise LR decay, warmup + cosine, AMP, EMA,
 accumulation, DDP and exact resume, as for the detector.
 
 Run folder: `best.pt` is a **birder-format classifier file** (`state`, `class_to_idx`, `rgb_stats`, `signature`,
-`task`, and `config` for presets other than ViT-M/16) at the crop size, so `birddet predict --classifier
+`task`, and `config` for presets other than ViT-M/16; birder loads a ResNet preset's file as `resnet_v1_18`) at
+the crop size, so `birddet predict --classifier
 RUN/best.pt` and birder's own `load_model` read it as it is; `last.pt` holds the raw weights and the training
 state; `metrics.json` holds `top1`, `top5` (more than 5 classes), `per_class` accuracy and the confusion matrix,
 also drawn as `confusion_matrix.png`; `accuracy.png` is top-1 against the epoch.
@@ -59,7 +60,7 @@ def class_weighted_cross_entropy(
 
 
 class ClassificationTask(Task):
-    """A ViT on box crops; `best.pt` is the birder classifier file with the highest val top-1."""
+    """A ViT or ResNet on box crops; `best.pt` is the birder classifier file with the highest val top-1."""
 
     metric = "top1"
 
@@ -123,14 +124,13 @@ class ClassificationTask(Task):
         )
 
     def build_model(self, ckpt: dict[str, Any] | None) -> torch.nn.Module:
-        from birddet.backbone.presets import get_preset
-        from birddet.backbone.vit import ViT
+        from birddet.backbone.presets import build_network, get_classifier_preset
         from birddet.models.classifier import build_classifier_net
 
         names = self.train_set.class_names
         if ckpt is not None:
             side = self.cfg.model.image_size
-            net = ViT(get_preset(ckpt["network"]), num_classes=len(names), image_size=(side, side))
+            net = build_network(get_classifier_preset(ckpt["network"]), len(names), (side, side))
             net.load_state_dict(ckpt["model"], strict=True)
             net.freeze(self.cfg.model.backbone.freeze_blocks)
             net.set_grad_checkpointing(self.cfg.model.backbone.grad_checkpointing)

@@ -78,7 +78,7 @@ def param_rules(
     """Name -> rule for every trainable parameter (frozen ones are left out) of a `BirdDetector` (the default
     prefixes) or of a bare `ViT` classifier (`body_prefix=""`, `head_prefixes=("norm.", "classifier.")`)."""
     body = model.get_submodule(body_prefix.rstrip(".")) if body_prefix else model
-    num_layers = len(body.encoder.block)
+    num_layers = body.num_layers  # a ResNet classifier's names match no ViT block: no layer decay there
     return {
         name: ParamRule(
             lr_scale=layer_lr_scale(

@@ -128,20 +128,34 @@ BIRDER_NETWORK = "vit_reg4_m16_rms_avg"
 _BIRDER_CONFIG_FIELDS = ("num_layers", "num_heads", "hidden_dim", "mlp_dim")
 
 
-def birder_config(preset: str) -> dict[str, int] | None:
-    """The `config` a birder file of `preset` needs (None for birder's own ViT-M/16)."""
-    from birddet.backbone.presets import get_preset
+def birder_config(preset: str) -> dict[str, Any] | None:
+    """The `config` a birder file of `preset` needs (None for birder's own ViT-M/16).
 
+    birder builds a ViT preset's file as `vit_reg4_m16_rms_avg` and a ResNet preset's as `resnet_v1_18`
+    (`birder_network`), each with this override of widths and depths."""
+    from birddet.backbone.presets import RESNET_PRESETS, get_preset
+
+    if preset in RESNET_PRESETS:
+        return RESNET_PRESETS[preset].birder_config()
     if preset == BIRDER_NETWORK:
         return None
     cfg = get_preset(preset)
     return {name: int(getattr(cfg, name)) for name in _BIRDER_CONFIG_FIELDS}
 
 
+def birder_network(preset: str) -> str:
+    """The birder network name to load a file of `preset` with (`birder.common.fs_ops.load_model`)."""
+    from birddet.backbone.presets import RESNET_PRESETS
+    from birddet.backbone.resnet import BIRDER_RESNET
+
+    return BIRDER_RESNET if preset in RESNET_PRESETS else BIRDER_NETWORK
+
+
 def build_classifier_net(
     model_cfg: Any, class_names: Sequence[str]
 ) -> tuple[Any, str, dict[str, list[float]], list[str]]:
-    """A `ViT` classifier to train, at the crop size `model_cfg.image_size`; returns `(net, preset, rgb_stats, classes)`.
+    """A `ViT` or `ResNet` classifier to train, at the crop size `model_cfg.image_size`; returns
+    `(net, preset, rgb_stats, classes)`.
 
     `model_cfg` is a `ClassifierModelConfig`. Random init (`backbone.weights: null`) builds `backbone.preset`;
     a birder file (path or registered name) gives the network, its weights and its `rgb_stats`, with a new zero-
@@ -149,7 +163,7 @@ def build_classifier_net(
     dataset's; their order is then the file's). The position embedding is resized to the crop grid, so the net is
     a plain classifier at `image_size`, as the birder file written from it says.
     """
-    from birddet.backbone.presets import get_preset
+    from birddet.backbone.presets import build_network, get_classifier_preset
     from birddet.backbone.vit import ViT, resize_pos_embedding
     from birddet.backbone.weights import DEFAULT_RGB_STATS, load_backbone
     from birddet.errors import InputError
@@ -161,9 +175,11 @@ def build_classifier_net(
     if b.weights is None:
         if model_cfg.head == "keep":
             raise InputError("model.head=keep keeps the head of model.backbone.weights, but no weights file is set")
-        if side % get_preset(b.preset).patch_size:
-            raise InputError(f"model.image_size {side} must be a multiple of the patch size 16")
-        net = ViT(get_preset(b.preset), num_classes=len(names), image_size=size)
+        arch = get_classifier_preset(b.preset)
+        patch = getattr(arch, "patch_size", 1)
+        if side % patch:
+            raise InputError(f"model.image_size {side} must be a multiple of the patch size {patch}")
+        net = build_network(arch, len(names), size)
         preset, rgb_stats = b.preset, model_cfg.rgb_stats or DEFAULT_RGB_STATS
     else:
         src, info = load_backbone(b.weights)
@@ -182,8 +198,8 @@ def build_classifier_net(
             names = file_names
         else:
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        net = ViT(src.cfg, num_classes=len(names), image_size=size)
-        if net.grid_size != src.grid_size:
+        net = build_network(src.cfg, len(names), size)
+        if isinstance(net, ViT) and net.grid_size != src.grid_size:
             state["pos_embedding"] = resize_pos_embedding(
                 state["pos_embedding"],
                 src.grid_size,
