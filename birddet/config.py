@@ -126,11 +126,24 @@ class ModelConfig:
     fixed_square: bool = True
     # Normalisation; null takes the backbone file's rgb_stats (filled in when the model is built).
     rgb_stats: dict[str, list[float]] | None = None
+    # Inference (validation, eval, predict, export) at another square than training: a model trained at 224 px
+    # with scale augmentation has seen birds larger than 224 px photos show them, and its stride-16 features place
+    # box edges more finely on a finer grid (docs/training.md). Null: image_size. Needs the fixed square.
+    test_size: ImageSide | None = None
+    # Test-time augmentation at inference: "flip" also detects in the mirrored image and fuses the two box sets
+    # (`birddet.models.tta`): tighter boxes for twice the inference cost.
+    tta: Literal["none", "flip"] = "none"
 
     @property
     def input_size(self) -> int:
-        """Longest side every image is resized to before the detector: training crops, eval and predict alike."""
+        """Longest side every training image is resized to before the detector (and every image at inference,
+        unless `test_size` says otherwise: see `inference_size`)."""
         return self.max_size or self.image_size
+
+    @property
+    def inference_size(self) -> int:
+        """Longest side images are resized to for validation, eval, predict and export."""
+        return self.test_size or self.input_size
 
 
 @dataclass

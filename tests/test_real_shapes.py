@@ -34,9 +34,23 @@ def test_the_photo_set_has_the_shapes_it_promises(photos: dict[str, Path]) -> No
     assert rotated
 
 
-def test_predict_and_eval_give_the_same_boxes_on_every_shape(photos: dict[str, Path], tmp_path: Path) -> None:
+#: Inference as trained, and at another square with flip TTA (`model.test_size`, `model.tta`): both must hold.
+INFERENCE = {"as trained": {}, "test_size 160 + flip TTA": {"test_size": 160, "tta": "flip"}}
+
+
+def _inference(cfg, settings: dict):  # noqa: ANN001, ANN202
+    for key, value in settings.items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+@pytest.mark.parametrize("inference", list(INFERENCE))
+def test_predict_and_eval_give_the_same_boxes_on_every_shape(
+    photos: dict[str, Path], tmp_path: Path, inference: str
+) -> None:
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "det.pt", build_detector(tiny_config(None), CATEGORIES))
+    detector = build_detector(_inference(tiny_config(None), INFERENCE[inference]), CATEGORIES)
+    ckpt = save_checkpoint(tmp_path / "det.pt", detector)
     common = ["--workers", "0", "--device", "cpu"]
     ev = tmp_path / "eval"
     assert main(["eval", str(ckpt), "--ann", str(photos["val"]), "--images", str(photos["images"])]
@@ -79,13 +93,17 @@ def _with_data(cfg, photos: dict[str, Path], val_ann: Path):  # noqa: ANN001, AN
     return cfg
 
 
-def test_run_metrics_equal_a_fresh_process_eval_of_best_pt(photos: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("inference", list(INFERENCE))
+def test_run_metrics_equal_a_fresh_process_eval_of_best_pt(
+    photos: dict[str, Path], tmp_path: Path, inference: str
+) -> None:
     # A few CPU steps teach a tiny detector nothing, and AP 0 = AP 0 would prove nothing. So the val labels are the
     # untrained network's own confident boxes (an lr=0 run keeps its seeded weights), and the real run then trains
     # a few steps from the same seed on 16:9, panorama and portrait photos: its AP is high but not trivially 1,
     # and any difference in how a fresh process pools, rescales or scores these shapes moves it.
     start = tmp_path / "start"
-    train(_with_data(tiny_config(None, epochs=1, lr=0.0), photos, photos["val"]), start)
+    settings = INFERENCE[inference]
+    train(_inference(_with_data(tiny_config(None, epochs=1, lr=0.0), photos, photos["val"]), settings), start)
     seeded = load_detector(start / "best.pt")
     gt = json.loads(photos["val"].read_text())
     gt["annotations"] = []
@@ -98,7 +116,7 @@ def test_run_metrics_equal_a_fresh_process_eval_of_best_pt(photos: dict[str, Pat
     val.write_text(json.dumps(gt))
 
     run = tmp_path / "run"
-    train(_with_data(tiny_config(None, epochs=2, lr=2e-5, eval_every=1), photos, val), run)
+    train(_inference(_with_data(tiny_config(None, epochs=2, lr=2e-5, eval_every=1), photos, val), settings), run)
     reported = json.loads((run / "metrics.json").read_text())["stats"]
     assert 0.05 < reported["AP"] < 1.0 and reported["AP50"] > 0.3
     out = tmp_path / "eval"

@@ -67,7 +67,7 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
         paths.val_ann,
         paths.val_images,
         # tiled: validation runs tiled prediction on the original images (see `val_tile_options`)
-        None if tile.size else build_eval_transforms(size),
+        None if tile.size else build_eval_transforms(cfg.model.inference_size),
         category_map=train_ds.category_map,
         skip_bad_images=False,
         validated=(val_check.data, val_check.report),

@@ -102,13 +102,13 @@ def _input_size(detector: BirdDetector, size: int | None) -> Iterator[BirdDetect
             "export needs a model padded to a fixed square (model.fixed_square with min_size/max_size null, the "
             "default); this checkpoint pads each image to its own size, so its ViT grid cannot be traced once"
         )
-    if size is None or size == m.image_size:
+    if size is None or size == m.inference_size:
         yield detector
         return
     if size % 32 or size < 32:
         raise InputError(f"--image-size must be a positive multiple of 32, got {size}")
     detector = copy.deepcopy(detector)
-    detector.config.model.image_size = size
+    detector.config.model.test_size = size  # the graph's square is an inference size; training's is kept on record
     t = detector.model.transform
     t.min_size, t.max_size, t.size_divisible = (size,), size, size
     yield detector
@@ -126,7 +126,7 @@ def export_detector(
     out = Path(out)
     detector = detector.cpu().eval()
     with _input_size(detector, image_size) as det:
-        size = det.config.model.input_size
+        size = det.config.model.inference_size
         conf = det.config.model.roi_heads.score_thresh if min_conf is None else float(min_conf)
         cap = det.box_cap(max_dets)
         # A landscape example: a square one would let the tracer treat height and width as one value.

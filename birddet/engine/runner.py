@@ -290,7 +290,7 @@ def evaluate_checkpoint(
         dataset = CocoDetection(
             str(ann),
             str(images),
-            None if tile is not None else build_eval_transforms(cfg.model.input_size),
+            None if tile is not None else build_eval_transforms(cfg.model.inference_size),
             category_map=CategoryMap.from_dict(categories),
             skip_bad_images=False,
         )

@@ -177,7 +177,11 @@ def evaluate_two_stage(
         amp = cfg.train.amp if amp is None else amp
         cmap = CategoryMap.from_dict(gt_categories)
         dataset = CocoDetection(
-            str(ann), str(images), build_eval_transforms(cfg.model.input_size), category_map=cmap, skip_bad_images=False
+            str(ann),
+            str(images),
+            build_eval_transforms(cfg.model.inference_size),
+            category_map=cmap,
+            skip_bad_images=False,
         )
         detections = run_detector(
             detector, dataset, batch_size=batch_size, workers=workers, amp=amp, device=ctx.device, progress=True

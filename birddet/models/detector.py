@@ -110,6 +110,10 @@ class BirdDetector(nn.Module):
     `forward(images, targets)` is torchvision's contract: a list of float [3, H, W] images in [0, 1] and, in
     training, targets with `boxes` (xyxy, pixels) and `labels` (1..K); it returns the four losses in training
     mode and per-image dicts of boxes/labels/scores in eval mode. `predict` is the user-facing inference call.
+
+    Inference follows the config wherever it runs (validation, eval, predict, the ONNX runtime): in eval mode the
+    network's resize square is `model.test_size` when set (`train()` switches it back), and `model.tta: flip`
+    fuses the detections of each image and of its mirror (`birddet.models.tta`).
     """
 
     def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
@@ -122,6 +126,17 @@ class BirdDetector(nn.Module):
         # Labels <-> COCO ids go through the one `CategoryMap` the datasets use: a category id 0 is label 1, never
         # torchvision's background label 0.
         self.category_map = CategoryMap.from_dict(self.categories)
+        self.train(self.training)  # the transform's square for this mode
+
+    def train(self, mode: bool = True) -> BirdDetector:
+        """Switch mode, and the transform's square with it: `image_size` in training, `test_size` at inference."""
+        super().train(mode)
+        m = self.config.model
+        transform = getattr(self.model, "transform", None)  # the ONNX runtime's graph has its size built in
+        if m.test_size is not None and transform is not None:
+            side = m.input_size if mode else m.inference_size
+            transform.min_size, transform.max_size, transform.size_divisible = (side,), side, side
+        return self
 
     @property
     def label_to_category(self) -> list[int]:
@@ -137,6 +152,8 @@ class BirdDetector(nn.Module):
         return self.category_map.to_label(category_id)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
+        if not self.training and self.config.model.tta == "flip":
+            return self._flip_tta(images)
         factors = self.config.data.augment.multi_scale
         if not (self.training and factors):
             return self.model(images, targets)
@@ -154,6 +171,19 @@ class BirdDetector(nn.Module):
             return self.model(images, targets)
         finally:
             t.min_size, t.max_size, t.size_divisible = saved
+
+    def _flip_tta(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections of each image fused with those of its mirror (`model.tta: flip`, `birddet.models.tta`)."""
+        from birddet.models.tta import fuse_views, unflip_boxes
+
+        plain = self.model(images)
+        mirrored = self.model([image.flip(-1) for image in images])
+        iou, cap = float(self.config.model.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
+        fused = []
+        for image, a, b in zip(images, plain, mirrored, strict=True):
+            b = {**b, "boxes": unflip_boxes(b["boxes"], int(image.shape[-1]))}
+            fused.append(fuse_views([a, b], iou_threshold=iou, max_dets=cap))
+        return fused
 
     @torch.no_grad()
     def predict(
@@ -205,14 +235,14 @@ class BirdDetector(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        resize = build_eval_transforms(self.config.model.input_size).resize_image
+        resize = build_eval_transforms(self.config.model.inference_size).resize_image
 
         def detect(crops: Sequence[ImageInput]) -> list[dict[str, torch.Tensor]]:
             """Resize each image as `birddet eval` does, run the model, return boxes in each input's pixels."""
             arrays = [_to_array(c) for c in crops]
             tensors = [_array_to_tensor(resize(a)).to(device) for a in arrays]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                outputs = self.model(tensors)
+                outputs = self(tensors)
             return [
                 {**out, "boxes": rescale_boxes(out["boxes"], tuple(t.shape[-2:]), a.shape[:2])}
                 for a, t, out in zip(arrays, tensors, outputs)
@@ -228,7 +258,7 @@ class BirdDetector(nn.Module):
                             image,
                             detect,
                             tile,
-                            full_image_size=self.config.model.input_size,
+                            full_image_size=self.config.model.inference_size,
                             max_dets=self.box_cap(max_dets),
                         )
                         results.append(self._prediction(out, tuple(image.shape[-2:]), conf))
@@ -399,6 +429,11 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
     square = m.fixed_square and m.min_size is None and m.max_size is None
     if square and m.image_size % 32:
         raise InputError(f"model.image_size must be a multiple of 32 for a fixed square input, got {m.image_size}")
+    if m.test_size is not None and not (square and m.test_size % 32 == 0):
+        raise InputError(
+            f"model.test_size={m.test_size}: a test size needs the fixed square input (model.fixed_square with "
+            "min_size/max_size null) and a multiple of 32; set it to null otherwise"
+        )
     body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
     m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
     p = m.pyramid
