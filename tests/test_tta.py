@@ -108,3 +108,35 @@ def test_a_test_size_the_model_cannot_use_is_refused(model: dict) -> None:
         setattr(cfg.model, key, value)
     with pytest.raises(InputError, match=r"model.test_size=\d+: a test size needs the fixed square"):
         build_detector(cfg, CATEGORIES)
+
+
+def test_the_tta_option_of_eval_and_predict_overrides_the_checkpoint(photos, tmp_path) -> None:
+    """`--tta flip` on a checkpoint without TTA gives what a checkpoint saved with `model.tta: flip` gives, in eval
+    and in predict; `--tta none` turns it off again."""
+    import json
+
+    from birddet.cli import main
+    from birddet.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_config(None)
+    det = build_detector(cfg, {1: "songbird", 2: "wader", 3: "raptor"})
+    plain = save_checkpoint(tmp_path / "plain.pt", det)
+    det.config.model.tta = "flip"
+    flip = save_checkpoint(tmp_path / "flip.pt", det)
+    common = ["--ann", str(photos["val"]), "--images", str(photos["images"]), "--no-plots", "--workers", "0"]
+
+    def evaluated(ckpt, *extra):  # noqa: ANN001, ANN202
+        out = tmp_path / f"eval-{ckpt.stem}-{'-'.join(extra) or 'default'}"
+        assert main(["eval", str(ckpt), *common, "--out", str(out), *extra]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    def predicted(ckpt, *extra):  # noqa: ANN001, ANN202
+        out = tmp_path / f"predict-{ckpt.stem}-{'-'.join(extra) or 'default'}"
+        assert main(["predict", str(ckpt), str(photos["images"]), "--out", str(out), "--no-classifier"]
+                    + ["--workers", "0", *extra]) == 0  # fmt: skip
+        return json.loads((out / "coco.json").read_text())["annotations"]
+
+    assert evaluated(plain, "--tta", "flip") == evaluated(flip)
+    assert evaluated(flip, "--tta", "none") == evaluated(plain) != evaluated(flip)
+    assert predicted(plain, "--tta", "flip") == predicted(flip) != predicted(plain)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from birddet.cli.common import _add_tiling_flags
+from birddet.cli.common import _add_tiling_flags, _add_tta_flag
 from birddet.errors import InputError
 
 
@@ -43,6 +43,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--conf", type=float, default=0.5, help="score threshold for the confusion matrix")
     p.add_argument("--no-plots", action="store_true")
+    _add_tta_flag(p)
     _add_tiling_flags(p, merge=True)
     p.set_defaults(func=_run_eval)
 
@@ -59,6 +60,7 @@ def _eval_kwargs(args: argparse.Namespace, out: Path) -> dict[str, object]:
         "device": args.device,
         "plots": not args.no_plots,
         "conf_threshold": args.conf,
+        "tta": args.tta,
     }
 
 

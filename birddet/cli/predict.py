@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from birddet.cli.common import _add_tiling_flags
+from birddet.cli.common import _add_tiling_flags, _add_tta_flag
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +88,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-video", action="store_true", help="write annotated clips of the sampled frames to OUT/videos/"
     )
+    _add_tta_flag(p)
     _add_tiling_flags(p, merge=True)
     p.add_argument(
         "--bands",
@@ -132,6 +133,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         merge_match=args.merge_match,
         merge_threshold=args.merge_threshold,
         max_dets=args.max_dets,
+        tta=args.tta,
         event_gap=args.event_gap,
         deployment_depth=args.deployment_depth,
         deployments=args.deployments,

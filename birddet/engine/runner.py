@@ -254,6 +254,7 @@ def evaluate_checkpoint(
     conf_threshold: float = 0.5,
     tile: TileOptions | None = None,
     max_dets: int | None = None,
+    tta: str | None = None,
 ) -> Any:
     """`birddet eval`: detect on an annotated split, write `results.json` and the report; `EvalResult` on rank 0.
 
@@ -282,6 +283,8 @@ def evaluate_checkpoint(
             check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
             detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
             del ckpt
+        if tta is not None:  # `--tta`: this evaluation only; the checkpoint keeps its own setting
+            detector.config.model.tta = tta
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         if tile is not None:  # tiled, the batch is windows of one image

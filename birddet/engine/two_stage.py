@@ -147,6 +147,7 @@ def evaluate_two_stage(
     device: str = "auto",
     plots: bool = True,
     conf_threshold: float = 0.5,
+    tta: str | None = None,
 ) -> tuple[Any, dict[str, Any]] | None:
     """Detect, classify and score against species ground truth; writes `results.json` and the report into
     `out_dir`. Returns `(EvalResult, two_stage dict)` on rank 0 and None on the other ranks.
@@ -172,6 +173,8 @@ def evaluate_two_stage(
                 species.net, species.info, taxonomy=species.taxonomy, allowed=sorted(class_to_category), top_k=1
             )
         detector = load_detector(checkpoint, ctx.device)  # a checkpoint or an exported .onnx
+        if tta is not None:
+            detector.config.model.tta = tta
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         amp = cfg.train.amp if amp is None else amp

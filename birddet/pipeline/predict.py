@@ -389,6 +389,8 @@ def _predict(
     device = shard.device
     mine = shard.select(range(len(items)))
     detector = load_detector(checkpoint, device)
+    if options.tta is not None:
+        detector.config.model.tta = options.tta
     classifier = _load_classifier(detector, options, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_earlier_run(out_dir, options, shard)

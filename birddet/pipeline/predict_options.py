@@ -54,6 +54,8 @@ class PredictOptions:
     merge_threshold: float = 0.5
     # Boxes per image; None = the checkpoint's model.roi_heads.detections_per_img (tiled: of the merged boxes).
     max_dets: int | None = None
+    # Test-time augmentation ("none" or "flip"); None = the checkpoint's model.tta.
+    tta: str | None = None
     # Lowest score drawn by --save-images (the files get everything >= conf): weak boxes make a picture unreadable.
     draw_conf: float = 0.3
     # Megapixels decoded and waiting at once, over all workers (birddet.data.images.PixelBudgetBatches); None = a
