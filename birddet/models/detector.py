@@ -153,7 +153,10 @@ class BirdDetector(nn.Module):
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
         if not self.training and self.config.model.tta == "flip":
-            return self._flip_tta(images)
+            from birddet.models.tta import detect_with_flip
+
+            iou, cap = float(self.config.model.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
+            return detect_with_flip(self.model, images, iou_threshold=iou, max_dets=cap)
         factors = self.config.data.augment.multi_scale
         if not (self.training and factors):
             return self.model(images, targets)
@@ -171,19 +174,6 @@ class BirdDetector(nn.Module):
             return self.model(images, targets)
         finally:
             t.min_size, t.max_size, t.size_divisible = saved
-
-    def _flip_tta(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Detections of each image fused with those of its mirror (`model.tta: flip`, `birddet.models.tta`)."""
-        from birddet.models.tta import fuse_views, unflip_boxes
-
-        plain = self.model(images)
-        mirrored = self.model([image.flip(-1) for image in images])
-        iou, cap = float(self.config.model.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
-        fused = []
-        for image, a, b in zip(images, plain, mirrored, strict=True):
-            b = {**b, "boxes": unflip_boxes(b["boxes"], int(image.shape[-1]))}
-            fused.append(fuse_views([a, b], iou_threshold=iou, max_dets=cap))
-        return fused
 
     @torch.no_grad()
     def predict(

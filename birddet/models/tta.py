@@ -12,8 +12,12 @@ Measured on the realistic preset (from_scratch at 10 CPU minutes): docs/training
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torchvision.ops import batched_nms, box_iou
+
+Detections = list[dict[str, torch.Tensor]]
 
 
 def unflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
@@ -40,3 +44,21 @@ def fuse_views(views: list[dict[str, torch.Tensor]], *, iou_threshold: float, ma
     averaged = (same.sum(dim=1, keepdim=True) > 1) & (total > 0)
     fused = torch.where(averaged, (weights @ boxes.float()) / total.clamp_min(1e-12), boxes[keep].float())
     return {"boxes": fused.to(boxes.dtype), "scores": scores[keep], "labels": labels[keep]}
+
+
+def detect_with_flip(
+    model: Callable[[list[torch.Tensor]], Detections],
+    images: list[torch.Tensor],
+    *,
+    iou_threshold: float,
+    max_dets: int,
+) -> Detections:
+    """`model`'s detections of each image fused with those of its mirror (torchvision's eval-mode contract in and out:
+    float `[3, H, W]` images, per-image dicts of xyxy `boxes`, `scores`, `labels`)."""
+    plain = model(images)
+    mirrored = model([image.flip(-1) for image in images])
+    fused = []
+    for image, a, b in zip(images, plain, mirrored, strict=True):
+        b = {**b, "boxes": unflip_boxes(b["boxes"], int(image.shape[-1]))}
+        fused.append(fuse_views([a, b], iou_threshold=iou_threshold, max_dets=max_dets))
+    return fused
