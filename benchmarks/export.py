@@ -89,7 +89,7 @@ def speed(name: str, data: dict[str, Path], work: Path, args: argparse.Namespace
         "ORT fp32": (lambda d: lambda im: d.predict(im, batch_size=1))(load_detector(work / f"{name}.onnx")),
         "ORT int8": (lambda d: lambda im: d.predict(im, batch_size=1))(load_detector(work / f"{name}.int8.onnx")),
     }
-    resize = build_eval_transforms(cfg.model.input_size).resize_image
+    resize = build_eval_transforms(cfg.model.inference_size).resize_image
     backends["resize only"] = lambda im: resize(np.asarray(im.permute(1, 2, 0)))  # the floor every backend pays
     if importlib.util.find_spec("openvino") is not None:
         backends["OpenVINO fp32"] = _openvino(work / f"{name}.onnx")
