@@ -4,7 +4,7 @@
 smaller presets use the same code with less width and depth: `tiny` keeps tests fast on two CPU cores and
 `small` makes the CPU quickstart train in minutes. They are architectures only; their weights start random.
 
-`CLASSIFIER_PRESETS` adds birder's ResNet v1 family (`birddet.backbone.resnet`) for species classifiers trained
+`RESNET_PRESETS` adds birder's ResNet v1 family (`birddet.backbone.resnet`) for species classifiers trained
 from random init, where a CNN learns from a few hundred crops in a minute and a ViT does not; detection is ViT-only.
 """
 

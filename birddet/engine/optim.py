@@ -76,7 +76,7 @@ def param_rules(
     head_prefixes: tuple[str, ...] = (),
 ) -> dict[str, ParamRule]:
     """Name -> rule for every trainable parameter (frozen ones are left out) of a `BirdDetector` (the default
-    prefixes) or of a bare `ViT` classifier (`body_prefix=""`, `head_prefixes=("norm.", "classifier.")`)."""
+    prefixes) or of a bare `ViT` or `ResNet` classifier (`body_prefix=""`, `head_prefixes=("norm.", "classifier.")`)."""
     body = model.get_submodule(body_prefix.rstrip(".")) if body_prefix else model
     num_layers = body.num_layers  # a ResNet classifier's names match no ViT block: no layer decay there
     return {
