@@ -82,6 +82,19 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
         "configs/from_scratch.yaml",
         ["data.augment.multi_scale=[1.0,1.2857]", "model.test_size=288"],
     ),
+    # Resolution: birds are 20-25 px at 224 px. Crops of photos shown larger than the input square, tested larger.
+    "from_scratch, scale jitter 0.8-1.8, tested at 288": (
+        "configs/from_scratch.yaml",
+        ["data.augment.scale_range=[0.8,1.8]", "model.test_size=288"],
+    ),
+    "from_scratch, scale jitter 0.8-1.8, tested at 288, seed 1": (
+        "configs/from_scratch.yaml",
+        ["data.augment.scale_range=[0.8,1.8]", "model.test_size=288", "train.seed=1"],
+    ),
+    "from_scratch, scale jitter 1.0-2.0, tested at 352": (
+        "configs/from_scratch.yaml",
+        ["data.augment.scale_range=[1.0,2.0]", "model.test_size=352"],
+    ),
     "from_scratch before issue 21, seed 1": ("configs/from_scratch.yaml", [*BEFORE, "train.seed=1"]),
     "from_scratch, seed 1": ("configs/from_scratch.yaml", ["train.seed=1"]),
 }

@@ -50,6 +50,26 @@ def test_lsj_output_is_fixed_square_and_boxes_inside():
         assert ((boxes >= 0) & (boxes <= 64)).all()
 
 
+def test_scale_jitter_above_one_keeps_the_photo_sharp():
+    """A sample shown at twice the input scale is cut from the photo brought to twice the size, not from a
+    photo brought to the input size and upsampled: fine detail (feather edges, box borders) stays as sharp as at
+    scale 1, where evaluation sees it."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)  # detail at every scale
+    box = np.array([[100.0, 100.0, 700.0, 500.0]])
+
+    def edge_strength(scale: float) -> float:
+        t = build_train_transforms(64, scale_range=(scale, scale), hflip=0.0, color_jitter=0.0)
+        out, _, _ = t(photo, box, np.array([1]))
+        valid = out[:, :40, :]  # rows 48+ are padding at scale 1 (a 64 x 48 photo)
+        return float((valid[:, :, 1:] - valid[:, :, :-1]).abs().mean())
+
+    assert build_train_transforms(64, scale_range=(0.5, 2.0)).source_side == 128
+    assert build_train_transforms(64, scale_range=(0.5, 0.8)).source_side == 64
+    # Bilinear upsampling by 2 of the scale-1 photo roughly halves the neighbour differences (0.5x measured).
+    assert edge_strength(2.0) > 0.8 * edge_strength(1.0)
+
+
 def test_empty_boxes_pass_through():
     out, boxes, labels = build_train_transforms(32)(_image(40, 50), np.zeros((0, 4)), np.zeros(0))
     assert out.shape == (3, 32, 32) and boxes.shape == (0, 4) and labels.shape == (0,)

@@ -229,9 +229,9 @@ class CocoDetection(Dataset):
 
         Why: on a CPU, decoding and shrinking a 1920 px photo costs about as much per sample as a fifth of a training
         step at 192 px, and a mosaic needs four photos per sample. The shrink is the first step of the training
-        transform (`TrainTransform` brings the longest side to the input size with the same area-averaging resize),
-        so with `max_side` = the input size the training pixels are the same as without the cache; boxes follow
-        through `_raw_item`'s size check. Only for training sets: evaluation maps boxes back to the original size.
+        transform (`TrainTransform` brings the longest side to its `source_side`, the input size times the largest
+        scale jitter, with the same area-averaging resize), so with `max_side` = that side the training pixels are
+        the same as without the cache; boxes follow through `_raw_item`'s size check. Only for training sets: evaluation maps boxes back to the original size.
 
         The cache is filled here, in the calling process, so DataLoader workers forked later share its pages
         instead of each decoding again. An image that fails to decode is reported here and left out; training then

@@ -133,8 +133,12 @@ class TrainTransform(_AlbumentationsDetectionTransform):
         mosaic_off_epochs: int = 0,
         copy_paste: float = 0.0,
         copy_paste_max: int = 3,
+        source_side: int | None = None,
     ) -> None:
         super().__init__(pipeline)
+        #: The longest side a photo is first brought to (the input size times the largest scale jitter, at least
+        #: the input size): a pixel cache at this size (`CocoDetection.cache_pixels`) changes no training sample.
+        self.source_side = source_side
         self.mosaic_pipeline = mosaic_pipeline
         self.mosaic_fit = mosaic_fit
         self.mosaic = mosaic if mosaic_pipeline is not None else 0.0
@@ -273,7 +277,12 @@ def build_train_transforms(
     if color_jitter > 0:
         cj = float(color_jitter)
         finish.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=0.8))
-    whole = [_longest_side(size), *_lsj_steps(size, lo, hi, fill)]
+    # Scale jitter above 1 shows the photo larger than the input square: bring it to the largest size first and
+    # only shrink from there, so a sample at scale 1.4 is as sharp as one at 1.0 (upsampling a photo already
+    # brought to `size` taught blurred edges where evaluation shows sharp ones).
+    top = max(hi, 1.0)
+    source_side = round(size * top)
+    whole = [_longest_side(source_side), *_lsj_steps(size, lo / top, hi / top, fill)]
     mosaic_pipeline = None
     if mosaic > 0:
         tiles = A.Mosaic(
@@ -290,10 +299,17 @@ def build_train_transforms(
     return TrainTransform(
         A.Compose([*whole, *finish], bbox_params=_bbox_params(MIN_VISIBILITY)),
         mosaic_pipeline=mosaic_pipeline,
-        mosaic_fit=A.Compose([_longest_side(size)], bbox_params=_bbox_params(0.0)) if mosaic_pipeline else None,
+        # via the source side, as every sample goes, so a pixel cache at that side gives the same tiles
+        mosaic_fit=A.Compose(
+            [_longest_side(source_side), _longest_side(size)] if source_side != size else [_longest_side(size)],
+            bbox_params=_bbox_params(0.0),
+        )
+        if mosaic_pipeline
+        else None,
         mosaic=mosaic,
         mosaic_off_epochs=mosaic_off_epochs,
         copy_paste=copy_paste,
+        source_side=source_side,
     )
 
 
