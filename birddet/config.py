@@ -108,6 +108,9 @@ class RoIHeadsConfig:
     bbox_reg_weights: list[Annotated[float, Range(gt=0, le=1000)]] = field(
         default_factory=lambda: [10.0, 10.0, 5.0, 5.0]
     )
+    # At inference, pool at each detected box and regress it again this many times (birddet/models/box_refine.py):
+    # tighter boxes for a RoIAlign + box-head pass over the kept boxes; 0 is torchvision's single regression.
+    refine_steps: Annotated[int, Range(ge=0, le=3)] = 0
 
 
 @dataclass

@@ -34,13 +34,21 @@ def test_the_photo_set_has_the_shapes_it_promises(photos: dict[str, Path]) -> No
     assert rotated
 
 
-#: Inference as trained, and at another square with flip TTA (`model.test_size`, `model.tta`): both must hold.
-INFERENCE = {"as trained": {}, "test_size 160 + flip TTA": {"test_size": 160, "tta": "flip"}}
+#: Inference as trained, and at another square with flip TTA and box refinement (`model.test_size`, `model.tta`,
+#: `model.roi_heads.refine_steps`): both must hold.
+INFERENCE = {
+    "as trained": {},
+    "test_size 160 + flip TTA + 2 refine steps": {"test_size": 160, "tta": "flip", "roi_heads.refine_steps": 2},
+}
 
 
 def _inference(cfg, settings: dict):  # noqa: ANN001, ANN202
     for key, value in settings.items():
-        setattr(cfg.model, key, value)
+        *parents, name = key.split(".")
+        target = cfg.model
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
     return cfg
 
 

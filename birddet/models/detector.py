@@ -36,6 +36,7 @@ from birddet.config import Config
 from birddet.data.transforms import IMAGENET_RGB_STATS  # re-exported: the default stats lived here before
 from birddet.errors import InputError
 from birddet.models.box_loss import set_box_loss
+from birddet.models.box_refine import set_box_refinement
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
 from birddet.pipeline.tiling import TileOptions, WindowSource, tiled_detect
@@ -487,8 +488,8 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
         size_divisible=size_divisible,
     )
     # Crowd / VOC-difficult boxes in the targets are ignore regions, never background (see ignore_regions); the box
-    # loss is the configured one (see box_loss).
-    set_box_loss(ignore_crowd_regions(model), rh.box_loss, rh.box_loss_weight)
+    # loss is the configured one (see box_loss); inference refines the boxes refine_steps times (see box_refine).
+    set_box_refinement(set_box_loss(ignore_crowd_regions(model), rh.box_loss, rh.box_loss_weight), rh.refine_steps)
     return BirdDetector(model, categories, cfg)
 
 
