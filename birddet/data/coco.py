@@ -231,12 +231,14 @@ class CocoDetection(Dataset):
         step at 192 px, and a mosaic needs four photos per sample. The shrink is the first step of the training
         transform (`TrainTransform` brings the longest side to its `source_side`, the input size times the largest
         scale jitter, with the same area-averaging resize), so with `max_side` = that side the training pixels are
-        the same as without the cache; boxes follow through `_raw_item`'s size check. Only for training sets: evaluation maps boxes back to the original size.
+        the same as without the cache; boxes follow through `_raw_item`'s size check. Only for training sets:
+        evaluation maps boxes back to the original size.
 
         The cache is filled here, in the calling process, so DataLoader workers forked later share its pages
         instead of each decoding again. An image that fails to decode is reported here and left out; training then
-        skips it as it would without the cache. When the estimated size (from the JSON's image sizes) is over `max_bytes` (default: half the
-        memory available now, where the OS tells), nothing is cached and a warning says so; returns whether it cached.
+        skips it as it would without the cache. When the estimated size (from the JSON's image sizes) is over
+        `max_bytes` (default: half the memory available now, where the OS tells), nothing is cached and a warning
+        says so; returns whether it cached.
         """
         from concurrent.futures import ThreadPoolExecutor
 

@@ -133,7 +133,7 @@ class TrainTransform(_AlbumentationsDetectionTransform):
         mosaic_off_epochs: int = 0,
         copy_paste: float = 0.0,
         copy_paste_max: int = 3,
-        source_side: int | None = None,
+        source_side: int,
     ) -> None:
         super().__init__(pipeline)
         #: The longest side a photo is first brought to (the input size times the largest scale jitter, at least
@@ -283,7 +283,7 @@ def build_train_transforms(
     top = max(hi, 1.0)
     source_side = round(size * top)
     whole = [_longest_side(source_side), *_lsj_steps(size, lo / top, hi / top, fill)]
-    mosaic_pipeline = None
+    mosaic_pipeline = mosaic_fit = None
     if mosaic > 0:
         tiles = A.Mosaic(
             grid_yx=(2, 2),
@@ -296,16 +296,13 @@ def build_train_transforms(
         mosaic_pipeline = A.Compose(
             [tiles, *_lsj_steps(size, lo, hi, fill), *finish], bbox_params=_bbox_params(MIN_VISIBILITY)
         )
+        # Tiles go through the source side as every sample does, so a pixel cache at that side gives the same tiles.
+        fit = [_longest_side(source_side), _longest_side(size)] if source_side != size else [_longest_side(size)]
+        mosaic_fit = A.Compose(fit, bbox_params=_bbox_params(0.0))
     return TrainTransform(
         A.Compose([*whole, *finish], bbox_params=_bbox_params(MIN_VISIBILITY)),
         mosaic_pipeline=mosaic_pipeline,
-        # via the source side, as every sample goes, so a pixel cache at that side gives the same tiles
-        mosaic_fit=A.Compose(
-            [_longest_side(source_side), _longest_side(size)] if source_side != size else [_longest_side(size)],
-            bbox_params=_bbox_params(0.0),
-        )
-        if mosaic_pipeline
-        else None,
+        mosaic_fit=mosaic_fit,
         mosaic=mosaic,
         mosaic_off_epochs=mosaic_off_epochs,
         copy_paste=copy_paste,

@@ -2,14 +2,15 @@
 
 It trains a birder-family `ViT` or ResNet v1 (`model.backbone.preset`, e.g. `resnet_v1_10` from random init) on
 crops of the boxes of a COCO dataset (`data.crops.CocoCrops`: predict's crop rule, then augmentation), a box's
-category being its class; rare classes weigh more in the loss (`data.balance: loss`). The loop (`engine/loop.py`) supplies layer-wise LR decay, warmup + cosine, AMP, EMA,
-accumulation, DDP and exact resume, as for the detector.
+category being its class; rare classes weigh more in the loss (`data.balance: loss`). The loop (`engine/loop.py`)
+supplies layer-wise LR decay, warmup + cosine, AMP, EMA, accumulation, DDP and exact resume, as for the detector.
 
 Run folder: `best.pt` is a **birder-format classifier file** (`state`, `class_to_idx`, `rgb_stats`, `signature`,
 `task`, and `config` for presets other than ViT-M/16; birder loads a ResNet preset's file as `resnet_v1_18`) at
 the crop size, so `birddet predict --classifier RUN/best.pt` and birder's own `load_model` read it as it is;
-`last.pt` holds the raw weights and the training state; `metrics.json` holds `top1`, `top5` (more than 5 classes), `per_class` accuracy and the confusion matrix,
-also drawn as `confusion_matrix.png`; `accuracy.png` is top-1 against the epoch.
+`last.pt` holds the raw weights and the training state; `metrics.json` holds `top1`, `top5` (more than 5 classes),
+`per_class` accuracy and the confusion matrix, also drawn as `confusion_matrix.png`; `accuracy.png` is top-1
+against the epoch.
 """
 
 from __future__ import annotations

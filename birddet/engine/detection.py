@@ -78,7 +78,7 @@ def build_datasets(cfg: Config, paths: DataPaths, categories: dict[int, str] | N
     if cfg.data.cache_images and tile.size:
         logger.warning("data.cache_images is ignored with data.tile: windows are cut from the full-resolution images")
     elif cfg.data.cache_images:
-        train_ds.cache_pixels(train_transforms.source_side or size)
+        train_ds.cache_pixels(train_transforms.source_side)
     if tile.size:
         from birddet.data.tiled import TiledCocoDetection
 
