@@ -136,6 +136,11 @@ class ModelConfig:
     # Test-time augmentation at inference: "flip" also detects in the mirrored image and fuses the two box sets
     # (`birddet.models.tta`): tighter boxes for twice the inference cost.
     tta: Literal["none", "flip"] = "none"
+    # More test squares (multiples of 32) for test-time augmentation: the detector also runs at each of these sizes
+    # (with its mirror under `tta: flip`) and every view's boxes are fused with the test square's. A bird a few
+    # pixels wide is found and boxed at one scale, a large one at another (docs/training.md). Images are read at the
+    # largest square; one more square costs about one more detector pass. Empty: the test square only.
+    tta_sizes: list[ImageSide] = field(default_factory=list)
 
     @property
     def input_size(self) -> int:
@@ -144,9 +149,15 @@ class ModelConfig:
         return self.max_size or self.image_size
 
     @property
-    def inference_size(self) -> int:
-        """Longest side images are resized to for validation, eval, predict and export."""
+    def test_square(self) -> int:
+        """The square the network runs at in validation, eval, predict and export (the first view under TTA)."""
         return self.test_size or self.input_size
+
+    @property
+    def inference_size(self) -> int:
+        """Longest side images are read at for validation, eval and predict: the test square, or the largest of
+        `tta_sizes` when that is larger, so no view is an upsampled copy of a smaller read."""
+        return max([self.test_square, *self.tta_sizes])
 
 
 @dataclass

@@ -246,21 +246,31 @@ def test_int8_export_runs_and_finds_boxes(exported, photos, tmp_path) -> None:
     assert (pred.boxes[:, 2] <= w + 1e-3).all() and (pred.boxes[:, 3] <= h + 1e-3).all()
 
 
-def test_an_exported_model_keeps_the_test_size_flip_tta_and_box_refinement_of_its_checkpoint(photos, tmp_path) -> None:
+def test_an_exported_model_keeps_the_test_size_flip_tta_and_box_refinement_of_its_checkpoint(
+    photos, tmp_path, caplog
+) -> None:
     """`model.test_size`, `model.tta` and `refine_steps` are inference settings: the graph is traced at the test
     square with the refinement passes in it, and the ONNX detector fuses the image and its mirror as the PyTorch
-    one does."""
+    one does. The graph has one square: more TTA squares are left out with a warning, and the checkpoint under
+    `--tta flip` is what the export gives."""
+    from birddet.models.tta import override_tta
+
     cfg = config_from_dict(TINY)
     cfg.model.test_size, cfg.model.tta, cfg.model.roi_heads.refine_steps = 160, "flip", 2
+    cfg.model.tta_sizes = [128, 192]
     torch.manual_seed(0)
     det = build_detector(cfg, CATEGORIES)
     with torch.no_grad():  # a regression that moves boxes by whole pixels, so a graph without the passes differs
         det.model.roi_heads.box_predictor.bbox_pred.bias[4:] = 1.0
     ckpt = save_checkpoint(tmp_path / "det.pt", det)
-    out = export_checkpoint(ckpt, tmp_path / "det.onnx")[0]
+    with caplog.at_level("WARNING", logger="birddet.engine.export"):
+        out = export_checkpoint(ckpt, tmp_path / "det.onnx")[0]
+    assert "model.tta_sizes [128, 192]: the graph runs at one square (160 px)" in caplog.text
     assert read_onnx_metadata(out, "detector")["birddet.input_size"] == "160"
     torch_det, onnx_det = load_detector(ckpt), load_detector(out)
-    assert onnx_det.config.model.tta == "flip"
+    assert (onnx_det.config.model.tta, onnx_det.config.model.tta_sizes) == ("flip", [])
+    assert torch_det.config.model.tta_sizes == [128, 192]  # the checkpoint keeps its own
+    override_tta(torch_det.config.model, "flip")
     for path in _shapes(photos).values():
         _assert_same(torch_det.predict(path)[0], onnx_det.predict(path)[0])
     torch_det.model.roi_heads.refine_steps = 0

@@ -34,11 +34,16 @@ def test_the_photo_set_has_the_shapes_it_promises(photos: dict[str, Path]) -> No
     assert rotated
 
 
-#: Inference as trained, and at another square with flip TTA and box refinement (`model.test_size`, `model.tta`,
-#: `model.roi_heads.refine_steps`): both must hold.
+#: Inference as trained, and at another square with flip TTA at two more squares and box refinement
+#: (`model.test_size`, `model.tta`, `model.tta_sizes`, `model.roi_heads.refine_steps`): both must hold.
 INFERENCE = {
     "as trained": {},
-    "test_size 160 + flip TTA + 2 refine steps": {"test_size": 160, "tta": "flip", "roi_heads.refine_steps": 2},
+    "test_size 160 + flip TTA at 128/160/192 + 2 refine steps": {
+        "test_size": 160,
+        "tta": "flip",
+        "tta_sizes": [128, 192],
+        "roi_heads.refine_steps": 2,
+    },
 }
 
 

@@ -1,5 +1,5 @@
-"""Inference settings of the detector: flip test-time augmentation (`model.tta`) and the test square
-(`model.test_size`). That a run's numbers are what `birddet eval` and `predict` give with them is in
+"""Inference settings of the detector: flip test-time augmentation (`model.tta`), more test squares
+(`model.tta_sizes`) and the test square (`model.test_size`). That a run's numbers are what `birddet eval` and `predict` give with them is in
 test_real_shapes.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from test_trainer import tiny_config
 
 from birddet.errors import InputError
 from birddet.models.detector import build_detector
-from birddet.models.tta import fuse_views, unflip_boxes
+from birddet.models.tta import fuse_views, override_tta, unflip_boxes
 
 CATEGORIES = {1: "songbird", 2: "wader"}
 
@@ -84,6 +84,53 @@ def test_flip_tta_is_the_fusion_of_the_image_and_its_mirror() -> None:
         assert not torch.equal(got[0]["boxes"], plain(images)[0]["boxes"])  # TTA changes the boxes
 
 
+def test_more_test_squares_fuse_the_views_of_every_square_and_its_mirror() -> None:
+    """`model.tta_sizes`: the views at the test square (first), then at each other square, each with its mirror, are
+    fused as `fuse_views` fuses them; a square listed twice or equal to the test square adds no view. Training and
+    the transform's own square are left as they were."""
+    torch.manual_seed(0)
+    cfg = tiny_config(None)
+    cfg.model.test_size = 160
+    plain = build_detector(cfg, CATEGORIES).eval()
+    cfg.model.tta, cfg.model.tta_sizes = "flip", [96, 160, 192, 96]
+    tta = build_detector(cfg, CATEGORIES).eval()
+    tta.load_state_dict(plain.state_dict())
+    images = [torch.rand(3, 72, 128, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    t = plain.model.transform
+    views: list[list[dict]] = [[], []]
+    with torch.no_grad(), plain.inference_caps(0.0, None), tta.inference_caps(0.0, None):
+        for side in (160, 96, 192):
+            t.min_size, t.max_size, t.size_divisible = (side,), side, side
+            for i, (a, b) in enumerate(zip(plain(images), plain([im.flip(-1) for im in images]))):
+                views[i] += [a, {**b, "boxes": unflip_boxes(b["boxes"], 128)}]
+        expected = [fuse_views(v, iou_threshold=0.5, max_dets=100) for v in views]
+        got = tta(images)
+        assert sum(len(o["boxes"]) for o in got) > 0
+        for g, e in zip(got, expected):
+            for key in ("boxes", "scores", "labels"):
+                torch.testing.assert_close(g[key], e[key])
+        t.min_size, t.max_size, t.size_divisible = (160,), 160, 160
+        one_square = fuse_views(views[0][:2], iou_threshold=0.5, max_dets=100)
+        assert not torch.equal(got[0]["boxes"], one_square["boxes"])  # the other squares change the boxes
+    u = tta.model.transform
+    assert (u.min_size, u.max_size, u.size_divisible) == ((160,), 160, 160)  # the test square again after TTA
+    assert (cfg.model.test_square, cfg.model.inference_size) == (160, 192)  # images are read at the largest
+    tta.train()
+    assert u.min_size == (128,)
+
+
+def test_the_tta_override_is_one_runs_whole_test_time_augmentation() -> None:
+    cfg = tiny_config(None).model
+    cfg.tta, cfg.tta_sizes = "flip", [96, 192]
+    override_tta(cfg, None)
+    assert (cfg.tta, cfg.tta_sizes) == ("flip", [96, 192])
+    override_tta(cfg, "flip")
+    assert (cfg.tta, cfg.tta_sizes, cfg.inference_size) == ("flip", [], 128)
+    cfg.tta_sizes = [96, 192]
+    override_tta(cfg, "none")
+    assert (cfg.tta, cfg.tta_sizes) == ("none", [])
+
+
 def test_test_size_is_the_square_at_inference_and_image_size_in_training() -> None:
     cfg = tiny_config(None)
     cfg.model.test_size = 192
@@ -98,21 +145,26 @@ def test_test_size_is_the_square_at_inference_and_image_size_in_training() -> No
 
 
 @pytest.mark.parametrize(
-    "model",
-    [{"test_size": 200}, {"test_size": 192, "max_size": 128}],
-    ids=["not a multiple of 32", "no fixed square"],
+    ("model", "named"),
+    [
+        ({"test_size": 200}, "test_size=200"),
+        ({"test_size": 192, "max_size": 128}, "test_size=192"),
+        ({"tta_sizes": [96, 100]}, "tta_sizes=100"),
+        ({"tta_sizes": [192], "max_size": 128}, "tta_sizes=192"),
+    ],
+    ids=["not a multiple of 32", "no fixed square", "a TTA square not a multiple of 32", "TTA without fixed square"],
 )
-def test_a_test_size_the_model_cannot_use_is_refused(model: dict) -> None:
+def test_a_test_size_the_model_cannot_use_is_refused(model: dict, named: str) -> None:
     cfg = tiny_config(None)
     for key, value in model.items():
         setattr(cfg.model, key, value)
-    with pytest.raises(InputError, match=r"model.test_size=\d+: a test size needs the fixed square"):
+    with pytest.raises(InputError, match=rf"model.{named}: a test size needs the fixed square"):
         build_detector(cfg, CATEGORIES)
 
 
 def test_the_tta_option_of_eval_and_predict_overrides_the_checkpoint(photos, tmp_path) -> None:
     """`--tta flip` on a checkpoint without TTA gives what a checkpoint saved with `model.tta: flip` gives, in eval
-    and in predict; `--tta none` turns it off again."""
+    and in predict; `--tta none` turns it off again, and `--tta flip` leaves out a checkpoint's other squares."""
     import json
 
     from birddet.cli import main
@@ -124,6 +176,8 @@ def test_the_tta_option_of_eval_and_predict_overrides_the_checkpoint(photos, tmp
     plain = save_checkpoint(tmp_path / "plain.pt", det)
     det.config.model.tta = "flip"
     flip = save_checkpoint(tmp_path / "flip.pt", det)
+    det.config.model.tta_sizes = [96, 160]
+    squares = save_checkpoint(tmp_path / "squares.pt", det)
     common = ["--ann", str(photos["val"]), "--images", str(photos["images"]), "--no-plots", "--workers", "0"]
 
     def evaluated(ckpt, *extra):  # noqa: ANN001, ANN202
@@ -140,3 +194,5 @@ def test_the_tta_option_of_eval_and_predict_overrides_the_checkpoint(photos, tmp
     assert evaluated(plain, "--tta", "flip") == evaluated(flip)
     assert evaluated(flip, "--tta", "none") == evaluated(plain) != evaluated(flip)
     assert predicted(plain, "--tta", "flip") == predicted(flip) != predicted(plain)
+    # More squares are part of the checkpoint's TTA: `--tta flip` is the test square and its mirror only.
+    assert evaluated(squares, "--tta", "flip") == evaluated(flip) != evaluated(squares)

@@ -13,8 +13,9 @@ def _add_tta_flag(p: argparse.ArgumentParser) -> None:
         "--tta",
         choices=("none", "flip"),
         default=None,
-        help="test-time augmentation: flip also detects in the mirrored image and fuses the boxes (tighter boxes, "
-        "twice the detector's time); default: the checkpoint's model.tta",
+        help="test-time augmentation for this run: none is one view at the test square, flip also detects in the "
+        "mirrored image and fuses the boxes (tighter boxes, twice the detector's time), neither with the "
+        "checkpoint's other squares (model.tta_sizes); default: the checkpoint's model.tta and model.tta_sizes",
     )
 
 

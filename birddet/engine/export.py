@@ -102,12 +102,22 @@ def _input_size(detector: BirdDetector, size: int | None) -> Iterator[BirdDetect
             "export needs a model padded to a fixed square (model.fixed_square with min_size/max_size null, the "
             "default); this checkpoint pads each image to its own size, so its ViT grid cannot be traced once"
         )
-    if size is None or size == m.inference_size:
+    if size is not None and (size % 32 or size < 32):
+        raise InputError(f"--image-size must be a positive multiple of 32, got {size}")
+    size = m.test_square if size is None else size
+    if size == m.test_square and not m.tta_sizes:
         yield detector
         return
-    if size % 32 or size < 32:
-        raise InputError(f"--image-size must be a positive multiple of 32, got {size}")
     detector = copy.deepcopy(detector)
+    if m.tta_sizes:
+        logger.warning(
+            "model.tta_sizes %s: the graph runs at one square (%d px) and the exported detector fuses only that and "
+            "its mirror (`birddet eval CHECKPOINT --tta %s` gives the checkpoint's numbers for the same views)",
+            m.tta_sizes,
+            size,
+            m.tta,
+        )
+        detector.config.model.tta_sizes = []
     detector.config.model.test_size = size  # the graph's square is an inference size; training's is kept on record
     t = detector.model.transform
     t.min_size, t.max_size, t.size_divisible = (size,), size, size
@@ -126,7 +136,7 @@ def export_detector(
     out = Path(out)
     detector = detector.cpu().eval()
     with _input_size(detector, image_size) as det:
-        size = det.config.model.inference_size
+        size = det.config.model.test_square
         conf = det.config.model.roi_heads.score_thresh if min_conf is None else float(min_conf)
         cap = det.box_cap(max_dets)
         # A landscape example: a square one would let the tracer treat height and width as one value.

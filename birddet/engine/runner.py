@@ -270,6 +270,7 @@ def evaluate_checkpoint(
     from birddet.engine.evaluator import evaluate, load_ground_truth
     from birddet.engine.reports import write_eval_inputs, write_report
     from birddet.models.onnx_runtime import is_onnx_path
+    from birddet.models.tta import override_tta
 
     ctx = D.init_distributed(device)
     try:
@@ -283,8 +284,7 @@ def evaluate_checkpoint(
             check_categories(categories, ann, ckpt=str(checkpoint)).log(logger)
             detector = detector_from_checkpoint(ckpt, str(checkpoint)).to(ctx.device).eval()
             del ckpt
-        if tta is not None:  # `--tta`: this evaluation only; the checkpoint keeps its own setting
-            detector.config.model.tta = tta
+        override_tta(detector.config.model, tta)  # this run only; the checkpoint keeps its own
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         if tile is not None:  # tiled, the batch is windows of one image

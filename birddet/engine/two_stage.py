@@ -161,6 +161,7 @@ def evaluate_two_stage(
     from birddet.engine.reports import metrics_dict, write_eval_inputs, write_report
     from birddet.engine.runner import _gt_categories, coco_max_dets, run_detector
     from birddet.models.detector import rescale_boxes
+    from birddet.models.tta import override_tta
     from birddet.pipeline.species import SpeciesClassifier
 
     ctx = D.init_distributed(device)
@@ -173,8 +174,7 @@ def evaluate_two_stage(
                 species.net, species.info, taxonomy=species.taxonomy, allowed=sorted(class_to_category), top_k=1
             )
         detector = load_detector(checkpoint, ctx.device)  # a checkpoint or an exported .onnx
-        if tta is not None:
-            detector.config.model.tta = tta
+        override_tta(detector.config.model, tta)  # this run only; the checkpoint keeps its own
         cfg = detector.config
         batch_size = batch_size or cfg.train.eval_batch_size
         amp = cfg.train.amp if amp is None else amp

@@ -114,7 +114,7 @@ class BirdDetector(nn.Module):
 
     Inference follows the config wherever it runs (validation, eval, predict, the ONNX runtime): in eval mode the
     network's resize square is `model.test_size` when set (`train()` switches it back), and `model.tta: flip`
-    fuses the detections of each image and of its mirror (`birddet.models.tta`).
+    and `model.tta_sizes` fuse the detections of each image, its mirror and other squares (`birddet.models.tta`).
     """
 
     def __init__(self, model: FasterRCNN, categories: dict[int, str], config: Config) -> None:
@@ -135,7 +135,7 @@ class BirdDetector(nn.Module):
         m = self.config.model
         transform = getattr(self.model, "transform", None)  # the ONNX runtime's graph has its size built in
         if m.test_size is not None and transform is not None:
-            side = m.input_size if mode else m.inference_size
+            side = m.input_size if mode else m.test_square
             transform.min_size, transform.max_size, transform.size_divisible = (side,), side, side
         return self
 
@@ -153,11 +153,15 @@ class BirdDetector(nn.Module):
         return self.category_map.to_label(category_id)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        if not self.training and self.config.model.tta == "flip":
-            from birddet.models.tta import detect_with_flip
+        m = self.config.model
+        if not self.training and (m.tta == "flip" or m.tta_sizes):
+            from birddet.models.tta import detect_with_tta
 
-            iou, cap = float(self.config.model.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
-            return detect_with_flip(self.model, images, iou_threshold=iou, max_dets=cap)
+            squares = [None, *dict.fromkeys(side for side in m.tta_sizes if side != m.test_square)]  # each once
+            iou, cap = float(m.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
+            return detect_with_tta(
+                self.model, images, squares=squares, flip=m.tta == "flip", iou_threshold=iou, max_dets=cap
+            )
         factors = self.config.data.augment.multi_scale
         if not (self.training and factors):
             return self.model(images, targets)
@@ -420,11 +424,12 @@ def build_detector(cfg: Config, categories: dict[int, str], *, load_weights: boo
     square = m.fixed_square and m.min_size is None and m.max_size is None
     if square and m.image_size % 32:
         raise InputError(f"model.image_size must be a multiple of 32 for a fixed square input, got {m.image_size}")
-    if m.test_size is not None and not (square and m.test_size % 32 == 0):
-        raise InputError(
-            f"model.test_size={m.test_size}: a test size needs the fixed square input (model.fixed_square with "
-            "min_size/max_size null) and a multiple of 32; set it to null otherwise"
-        )
+    for name, side in [("test_size", m.test_size), *(("tta_sizes", side) for side in m.tta_sizes)]:
+        if side is not None and not (square and side % 32 == 0):
+            raise InputError(
+                f"model.{name}={side}: a test size needs the fixed square input (model.fixed_square with "
+                "min_size/max_size null) and a multiple of 32; leave it out otherwise"
+            )
     body, file_stats = build_backbone_body(cfg, load_weights=load_weights)
     m.rgb_stats = m.rgb_stats or file_stats or IMAGENET_RGB_STATS
     p = m.pyramid

@@ -52,6 +52,7 @@ from birddet.engine.checkpoint import load_detector
 from birddet.errors import InputError
 from birddet.extras import require
 from birddet.models.detector import BirdDetector
+from birddet.models.tta import override_tta
 from birddet.pipeline.event_writers import check_event_inputs, event_output_texts
 from birddet.pipeline.predict_options import PredictOptions  # re-exported (lived here): the CLI and tests use it
 from birddet.pipeline.progress import PROGRESS_NAME, ProgressLog  # PROGRESS_NAME re-exported (lived here)
@@ -389,8 +390,7 @@ def _predict(
     device = shard.device
     mine = shard.select(range(len(items)))
     detector = load_detector(checkpoint, device)
-    if options.tta is not None:
-        detector.config.model.tta = options.tta
+    override_tta(detector.config.model, options.tta)  # this run only; the checkpoint keeps its own
     classifier = _load_classifier(detector, options, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_earlier_run(out_dir, options, shard)
