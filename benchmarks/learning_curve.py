@@ -40,10 +40,13 @@ BEFORE = [
     "model.tta=none",
     "model.roi_heads.refine_steps=0",
     "model.test_size=null",
+    "model.tta_sizes=[]",
 ]
 #: from_scratch.yaml after the first half of issue 21 (half positive RoIs, flip TTA): the candidates marked so were
 #: measured against it.
-HALF_POSITIVE_TTA = ["model.roi_heads.refine_steps=0", "model.test_size=null"]
+HALF_POSITIVE_TTA = ["model.roi_heads.refine_steps=0", "model.test_size=null", "model.tta_sizes=[]"]
+#: from_scratch.yaml tested at its one square (256 px, flip TTA, two refinement passes), before `tta_sizes`.
+ONE_SQUARE = ["model.tta_sizes=[]"]
 #: name -> (config, overrides): the two recipes and the ablations of the from-scratch one.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "quickstart": ("configs/quickstart.yaml", []),
@@ -115,6 +118,13 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
         for seed in range(1, 4)
     },
     **{f"from_scratch, seed {seed}": ("configs/from_scratch.yaml", [f"train.seed={seed}"]) for seed in range(1, 4)},
+    **{
+        f"from_scratch at one test square{f', seed {seed}' if seed else ''}": (
+            "configs/from_scratch.yaml",
+            [*ONE_SQUARE, f"train.seed={seed}"],
+        )
+        for seed in range(4)
+    },
 }
 #: name -> (config, overrides): species classifiers on the hard species (`--task species`).
 SPECIES_CANDIDATES: dict[str, tuple[str, list[str]]] = {
