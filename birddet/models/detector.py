@@ -153,15 +153,10 @@ class BirdDetector(nn.Module):
         return self.category_map.to_label(category_id)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        m = self.config.model
-        if not self.training and (m.tta == "flip" or m.tta_sizes):
-            from birddet.models.tta import detect_with_tta
+        if not self.training and (self.config.model.tta == "flip" or self.config.model.tta_sizes):
+            from birddet.models.tta import detect_as_configured
 
-            squares = [None, *dict.fromkeys(side for side in m.tta_sizes if side != m.test_square)]  # each once
-            iou, cap = float(m.roi_heads.nms_thresh), int(self.model.roi_heads.detections_per_img)
-            return detect_with_tta(
-                self.model, images, squares=squares, flip=m.tta == "flip", iou_threshold=iou, max_dets=cap
-            )
+            return detect_as_configured(self.model, images, self.config.model)
         factors = self.config.data.augment.multi_scale
         if not (self.training and factors):
             return self.model(images, targets)

@@ -107,3 +107,19 @@ def detect_with_tta(
                 for per_image, image, found in zip(views, images, mirrored, strict=True):
                     per_image.append({**found, "boxes": unflip_boxes(found["boxes"], int(image.shape[-1]))})
     return [fuse_views(v, iou_threshold=iou_threshold, max_dets=max_dets) for v in views]
+
+
+def detect_as_configured(model: Any, images: list[torch.Tensor], model_config: Any) -> Detections:
+    """`detect_with_tta` with the views a `ModelConfig` asks for: its test square (the one `model` is set to), then
+    each other square of `tta_sizes` once; the mirror of each under `tta: flip`; fused at the RoI heads' NMS
+    threshold and box cap."""
+    m = model_config
+    squares = [None, *dict.fromkeys(side for side in m.tta_sizes if side != m.test_square)]
+    return detect_with_tta(
+        model,
+        images,
+        squares=squares,
+        flip=m.tta == "flip",
+        iou_threshold=float(m.roi_heads.nms_thresh),
+        max_dets=int(model.roi_heads.detections_per_img),
+    )
