@@ -40,6 +40,7 @@ from birddet.errors import InputError
 from birddet.fileio import atomic_path
 from birddet.models.detector import BirdDetector
 from birddet.models.onnx_runtime import META_KIND, META_VERSION
+from birddet.models.tta import set_square
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ def _input_size(detector: BirdDetector, size: int | None) -> Iterator[BirdDetect
         )
         detector.config.model.tta_sizes = []
     detector.config.model.test_size = size  # the graph's square is an inference size; training's is kept on record
-    t = detector.model.transform
-    t.min_size, t.max_size, t.size_divisible = (size,), size, size
+    set_square(detector.model.transform, size)
     yield detector
 
 

@@ -39,6 +39,7 @@ from birddet.models.box_loss import set_box_loss
 from birddet.models.box_refine import set_box_refinement
 from birddet.models.ignore_regions import ignore_crowd_regions
 from birddet.models.pyramid import SimpleFeaturePyramid
+from birddet.models.tta import detect_as_configured, set_square
 from birddet.pipeline.tiling import TileOptions, WindowSource, tiled_detect
 
 
@@ -136,7 +137,7 @@ class BirdDetector(nn.Module):
         transform = getattr(self.model, "transform", None)  # the ONNX runtime's graph has its size built in
         if m.test_size is not None and transform is not None:
             side = m.input_size if mode else m.test_square
-            transform.min_size, transform.max_size, transform.size_divisible = (side,), side, side
+            set_square(transform, side)
         return self
 
     @property
@@ -154,8 +155,6 @@ class BirdDetector(nn.Module):
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
         if not self.training and (self.config.model.tta == "flip" or self.config.model.tta_sizes):
-            from birddet.models.tta import detect_as_configured
-
             return detect_as_configured(self.model, images, self.config.model)
         factors = self.config.data.augment.multi_scale
         if not (self.training and factors):

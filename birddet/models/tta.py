@@ -64,6 +64,12 @@ def fuse_views(views: list[dict[str, torch.Tensor]], *, iou_threshold: float, ma
     return {"boxes": fused.to(boxes.dtype), "scores": scores[keep], "labels": labels[keep]}
 
 
+def set_square(transform: Any, side: int) -> None:
+    """Make torchvision's `GeneralizedRCNNTransform` resize every image's longest side to `side` and pad it to a
+    `side` square: the one way the test square, a TTA square and an export's square are set."""
+    transform.min_size, transform.max_size, transform.size_divisible = (side,), side, side
+
+
 @contextlib.contextmanager
 def _at_square(model: torch.nn.Module, side: int | None) -> Iterator[None]:
     """torchvision's transform of `model` resizing and padding to a `side` square while the block runs (as is for
@@ -78,7 +84,7 @@ def _at_square(model: torch.nn.Module, side: int | None) -> Iterator[None]:
             "exported at (export at another one with `birddet export --image-size`)"
         )
     saved = (transform.min_size, transform.max_size, transform.size_divisible)
-    transform.min_size, transform.max_size, transform.size_divisible = (side,), side, side
+    set_square(transform, side)
     try:
         yield
     finally:
